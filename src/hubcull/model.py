@@ -45,7 +45,13 @@ def parse_timestamp(value: Any, what: str = "timestamp") -> datetime | None:
     micro = int((frac[1:] + "000000")[:6]) if frac else 0
     try:
         dt = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micro,
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            micro,
             tzinfo=timezone.utc,
         )
     except ValueError as e:
@@ -164,9 +170,7 @@ def parse_user(obj: Any) -> User:
         raise ModelError(f"{what} has no 'servers' (does the token have read:servers?)")
     if not isinstance(servers_raw, Mapping):
         raise ModelError(f"{what}.servers is not an object: {type(servers_raw).__name__}")
-    servers = {
-        sname: parse_server(sname, sobj, owner=name) for sname, sobj in servers_raw.items()
-    }
+    servers = {sname: parse_server(sname, sobj, owner=name) for sname, sobj in servers_raw.items()}
     return User(
         name=name,
         admin=admin,

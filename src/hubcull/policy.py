@@ -55,11 +55,20 @@ class Rules:
             raise ValueError(f"max_age must be 0 (off) or positive, not {self.max_age!r}")
 
 
+_VERBS = {
+    Action.KEEP: "keep",
+    Action.STOP: "stop server",
+    Action.REMOVE: "remove server",
+    Action.DELETE_USER: "delete user",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     action: Action
     rule: str  # short machine-friendly name: idle, max-age, arbiter, pending, not-ready, ...
-    reason: str  # the decision in words, for the log and --dry-run
+    subject: str  # "alice/" (default server), "alice/gpu" (named server) or "alice" (a user)
+    reason: str  # the evidence in words, for the log and --dry-run
     # When the subject becomes due for culling under the current evidence
     # (already past when action culls); None when no rule would ever cull it as seen.
     due_at: datetime | None = None
@@ -69,6 +78,19 @@ class Verdict:
     @property
     def culls(self) -> bool:
         return self.action.culls
+
+    def describe(self) -> str:
+        """``stop server alice/: idle for 2h 03m (timeout 1h 00m)``"""
+        return f"{_VERBS[self.action]} {self.subject}: {self.reason}"
+
+
+def arbiter_applies(server: Server, rules: Rules) -> bool:
+    """Whether a cull_arbiter_hook gets a say on this server (as in the incumbent)."""
+    if server.pending or not server.ready:
+        return False
+    if not (rules.cull_default_servers if server.is_default else rules.cull_named_servers):
+        return False
+    return (server.last_activity or server.started) is not None
 
 
 def format_duration(td: timedelta | float | None) -> str:
@@ -114,69 +136,76 @@ def decide_server(
     (``None`` when there is none): it replaces the plain ``idle >= timeout``
     comparison, exactly as in jupyterhub-idle-culler; ``max_age`` still applies.
     """
-    label = user.server_label(server.name)
-    if server.pending:
-        return Verdict(
-            Action.KEEP, "pending", f"{label} is pending '{server.pending}': the Hub is busy with it"
-        )
-    if not server.ready:
-        return Verdict(Action.KEEP, "not-ready", f"{label} is neither ready nor pending")
-    if server.is_default and not rules.cull_default_servers:
-        return Verdict(Action.KEEP, "excluded", f"{label}: default servers are not culled")
-    if not server.is_default and not rules.cull_named_servers:
-        return Verdict(Action.KEEP, "excluded", f"{label}: named servers are not culled")
+    subject = user.server_label(server.name)
 
-    inactive = server_inactivity(server, now)
-    age = None if server.started is None else now - server.started
+    def keep(rule: str, reason: str, **evidence: object) -> Verdict:
+        return Verdict(Action.KEEP, rule, subject, reason, **evidence)  # type: ignore[arg-type]
+
+    if server.pending:
+        return keep("pending", f"pending '{server.pending}': the Hub is busy with it")
+    if not server.ready:
+        return keep("not-ready", "neither ready nor pending")
+    if server.is_default and not rules.cull_default_servers:
+        return keep("excluded", "default servers are not culled (cull_default_servers=False)")
+    if not server.is_default and not rules.cull_named_servers:
+        return keep("excluded", "named servers are not culled (cull_named_servers=False)")
+
     ref = server.last_activity or server.started
-    idle_due_at = None if ref is None else ref + timedelta(seconds=rules.timeout)
+    if ref is None:
+        # Without any time we cannot judge idleness, and max-age needs 'started'.
+        return keep("no-data", "no activity or start time recorded")
+    inactive = now - ref
+    age = None if server.started is None else now - server.started
+    idle_due_at = ref + timedelta(seconds=rules.timeout)
     age_due_at = (
         server.started + timedelta(seconds=rules.max_age)
         if rules.max_age and server.started is not None
         else None
     )
-    action = Action.REMOVE if (rules.remove_named_servers and not server.is_default) else Action.STOP
-    verb = "remove" if action is Action.REMOVE else "stop"
+    action = (
+        Action.REMOVE if (rules.remove_named_servers and not server.is_default) else Action.STOP
+    )
 
-    if inactive is None:
-        # Without any time we cannot judge idleness; max-age needs 'started', which is absent too.
-        return Verdict(Action.KEEP, "no-data", f"{label} has no activity or start time recorded")
-
-    if arbiter_says_idle is None:
-        idle = idle_due_at is not None and now >= idle_due_at
-        idle_rule = "idle"
-    else:
-        idle = bool(arbiter_says_idle)
-        idle_rule = "arbiter"
-    if idle:
-        why = (
-            f"idle for {format_duration(inactive)} (timeout {format_duration(rules.timeout)})"
-            if idle_rule == "idle"
-            else f"idle for {format_duration(inactive)}, cull_arbiter_hook said cull"
-        )
+    if arbiter_says_idle is None and now >= idle_due_at:
         return Verdict(
-            action, idle_rule, f"{verb} {label}: {why}", idle_due_at, inactive, age
+            action,
+            "idle",
+            subject,
+            f"idle for {format_duration(inactive)} (timeout {format_duration(rules.timeout)})",
+            idle_due_at,
+            inactive,
+            age,
+        )
+    if arbiter_says_idle:
+        return Verdict(
+            action,
+            "arbiter",
+            subject,
+            f"idle for {format_duration(inactive)}; cull_arbiter_hook said cull",
+            now,
+            inactive,
+            age,
         )
     if age_due_at is not None and now >= age_due_at:
         return Verdict(
             action,
             "max-age",
-            f"{verb} {label}: running for {format_duration(age)} "
-            f"(max-age {format_duration(rules.max_age)}), idle for {format_duration(inactive)}",
+            subject,
+            f"running for {format_duration(age)} (max-age {format_duration(rules.max_age)}), "
+            f"idle for {format_duration(inactive)}",
             age_due_at,
             inactive,
             age,
         )
-    # With an arbiter the idle deadline is the arbiter's secret: only max-age is known.
+    # With an arbiter, the idle deadline is the arbiter's to know: only max-age is certain.
     due_at = _earliest(idle_due_at if arbiter_says_idle is None else None, age_due_at)
-    return Verdict(
-        Action.KEEP,
+    return keep(
         "active",
-        f"{label} idle for {format_duration(inactive)}"
+        f"idle for {format_duration(inactive)}"
         + ("" if due_at is None else f", due in {format_duration(due_at - now)}"),
-        due_at,
-        inactive,
-        age,
+        due_at=due_at,
+        inactive=inactive,
+        age=age,
     )
 
 
@@ -187,35 +216,37 @@ def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -
     the caller judges the user on the snapshot taken *before* it stopped any of
     them, because the Hub stamps "now" as the user's activity when a server stops.
     """
-    name = user.name
+    subject = user.name
+
+    def keep(rule: str, reason: str, **evidence: object) -> Verdict:
+        return Verdict(Action.KEEP, rule, subject, reason, **evidence)  # type: ignore[arg-type]
+
     if not rules.cull_users:
-        return Verdict(Action.KEEP, "excluded", f"user {name}: users are not culled")
+        return keep("excluded", "users are not culled (cull_users=False)")
     if servers_running:
-        return Verdict(
-            Action.KEEP, "running", f"user {name} has {servers_running} server(s) not stopped"
-        )
+        return keep("running", f"{servers_running} server(s) not confirmed stopped")
     if not rules.cull_admin_users:
         if user.admin is None:
-            return Verdict(
-                Action.KEEP, "no-data", f"user {name}: cannot tell whether this user is an admin"
-            )
+            return keep("no-data", "cannot tell whether this user is an admin")
         if user.admin:
-            return Verdict(Action.KEEP, "admin", f"user {name} is an admin: admins are spared")
+            return keep("admin", "admins are spared (cull_admin_users=False)")
     ref = user.last_activity or user.created
-    inactive = None if ref is None else now - ref
+    if ref is None:
+        return keep("no-data", "no activity or creation time recorded")
+    inactive = now - ref
     age = None if user.created is None else now - user.created
-    idle_due_at = None if ref is None else ref + timedelta(seconds=rules.timeout)
+    idle_due_at = ref + timedelta(seconds=rules.timeout)
     age_due_at = (
         user.created + timedelta(seconds=rules.max_age)
         if rules.max_age and user.created is not None
         else None
     )
-    if idle_due_at is not None and now >= idle_due_at:
+    if now >= idle_due_at:
         return Verdict(
             Action.DELETE_USER,
             "idle",
-            f"delete user {name}: inactive for {format_duration(inactive)} "
-            f"(timeout {format_duration(rules.timeout)})",
+            subject,
+            f"inactive for {format_duration(inactive)} (timeout {format_duration(rules.timeout)})",
             idle_due_at,
             inactive,
             age,
@@ -224,20 +255,18 @@ def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -
         return Verdict(
             Action.DELETE_USER,
             "max-age",
-            f"delete user {name}: created {format_duration(age)} ago "
-            f"(max-age {format_duration(rules.max_age)}), inactive for {format_duration(inactive)}",
+            subject,
+            f"created {format_duration(age)} ago (max-age {format_duration(rules.max_age)}), "
+            f"inactive for {format_duration(inactive)}",
             age_due_at,
             inactive,
             age,
         )
-    if ref is None:
-        return Verdict(Action.KEEP, "no-data", f"user {name} has no activity or creation time")
     due_at = _earliest(idle_due_at, age_due_at)
-    return Verdict(
-        Action.KEEP,
+    return keep(
         "active",
-        f"user {name} inactive for {format_duration(inactive)}",
-        due_at,
-        inactive,
-        age,
+        f"inactive for {format_duration(inactive)}, due in {format_duration(due_at - now)}",
+        due_at=due_at,
+        inactive=inactive,
+        age=age,
     )

@@ -59,7 +59,7 @@ def walk_all(
     burst: int = 1,
     insert_only: bool = False,
 ) -> tuple[set[str], BackwardWalk, set[str]]:
-    """Walk the list while culling and churning; return names processed and names that never left."""
+    """Walk while culling and churning; return names processed and names that never left."""
     original = {f"u{i}" for i in live.ids}
     left: set[str] = set()
     processed: set[str] = set()
@@ -79,7 +79,10 @@ def walk_all(
                 walk.kept(name)
         # Some of our stops complete before the next page is read.
         rng.shuffle(culled_pending)
-        done, culled_pending = culled_pending[: len(culled_pending) // 2 + 1], culled_pending[len(culled_pending) // 2 + 1 :]
+        done, culled_pending = (
+            culled_pending[: len(culled_pending) // 2 + 1],
+            culled_pending[len(culled_pending) // 2 + 1 :],
+        )
         for name in done:
             live.remove(name)
             left.add(name)
@@ -161,7 +164,14 @@ def test_insertions_below_the_cursor_make_the_walk_climb() -> None:
     seed=st.integers(0, 2**32),
 )
 def test_every_user_that_stays_listed_is_read(
-    n: int, page_size: int, max_limit: int, cull_fraction: float, churn: float, hint: int, burst: int, seed: int
+    n: int,
+    page_size: int,
+    max_limit: int,
+    cull_fraction: float,
+    churn: float,
+    hint: int,
+    burst: int,
+    seed: int,
 ) -> None:
     rng = random.Random(seed)
     ids = rng.sample(range(n * 3 + 1), n)

@@ -1,0 +1,640 @@
+"""The command line and configuration shell around the engine.
+
+Every option is a traitlet whose help text is its documentation. Options that
+jupyterhub-idle-culler has live on :class:`IdleCuller`, under the same names,
+defaults and meanings, so its flags and its ``c.IdleCuller.*`` config files work
+unchanged; hubcull's own options live on :class:`HubCull`, which inherits them all
+(``c.HubCull.timeout`` works too).
+
+Exit codes: 0 done, 1 a pass failed, 2 bad configuration or credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from textwrap import dedent
+from typing import Any
+
+from tornado.log import LogFormatter
+from traitlets import Bool, Callable, Float, Int, TraitError, Unicode, default, validate
+from traitlets.config import Application, ArgumentError
+from traitlets.config.loader import ConfigFileNotFound, KVArgParseConfigLoader
+
+from . import __version__
+from .engine import Culler, PassReport, StartupError, preflight, run_periodically
+from .hub import HubClient, HubError, TokenSource, make_internal_ssl_context
+from .logsafe import RedactSecrets
+from .policy import Rules
+
+DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
+EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command line or configuration: reported in one line, exit code 2."""
+
+
+class _OneLineArgParseLoader(KVArgParseConfigLoader):
+    """argparse prints the whole usage and exits on a bad flag; we raise instead."""
+
+    def _create_parser(self) -> None:
+        base = self.parser_class
+
+        class Parser(base):  # type: ignore[misc,valid-type]
+            def error(self, message: str) -> None:  # noqa: D401
+                raise UsageError(message)
+
+        self.parser_class = Parser
+        super()._create_parser()
+
+
+def _help(text: str) -> str:
+    return dedent(text).strip()
+
+
+class IdleCuller(Application):
+    """The options of jupyterhub-idle-culler 2.0.0, same names, defaults and meanings."""
+
+    url = Unicode(
+        help=_help(
+            """
+            The JupyterHub API URL. Default: $JUPYTERHUB_API_URL (the Hub sets it for
+            managed services), else http://127.0.0.1:8081/hub/api.
+            """
+        )
+    ).tag(config=True)
+
+    @default("url")
+    def _url_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_URL") or DEFAULT_API_URL
+
+    timeout = Int(
+        600,
+        help=_help(
+            """
+            The idle timeout, in seconds: a server whose last activity is older than this
+            is culled.
+            """
+        ),
+    ).tag(config=True)
+
+    cull_every = Int(
+        0,
+        help=_help(
+            """
+            The interval, in seconds, between full passes over all users.
+            Default (0): half the timeout.
+            """
+        ),
+    ).tag(config=True)
+
+    max_age = Int(
+        0,
+        help=_help(
+            """
+            The maximum age, in seconds, of a server: older ones are culled even when
+            active (and, with cull_users, users created longer ago are deleted).
+            0 disables it.
+            """
+        ),
+    ).tag(config=True)
+
+    cull_users = Bool(
+        False,
+        help=_help(
+            """
+            Delete inactive users too, once all their servers are stopped. For
+            temporary-user deployments (tmpnb-like, BinderHub with authentication).
+            """
+        ),
+    ).tag(config=True)
+
+    cull_admin_users = Bool(
+        True,
+        help="Whether admin users may be deleted (only with cull_users=True).",
+    ).tag(config=True)
+
+    remove_named_servers = Bool(
+        False,
+        help=_help(
+            """
+            Remove named servers for good after stopping them, instead of keeping them
+            for the user to start again (useful for BinderHub with authentication).
+            """
+        ),
+    ).tag(config=True)
+
+    cull_default_servers = Bool(True, help="Whether default servers are culled.").tag(config=True)
+
+    cull_named_servers = Bool(True, help="Whether named servers are culled.").tag(config=True)
+
+    concurrency = Int(
+        10,
+        help=_help(
+            """
+            The most requests hubcull has outstanding to the Hub at any moment.
+            0 means no limit, which can overload a Hub during a mass cull.
+            """
+        ),
+    ).tag(config=True)
+
+    api_page_size = Int(
+        0,
+        help=_help(
+            """
+            Users per page when listing users (the Hub caps it at its api_page_max_limit,
+            200 by default). 0: the Hub's default page size.
+            """
+        ),
+    ).tag(config=True)
+
+    ssl_enabled = Bool(
+        False,
+        help=_help(
+            """
+            The Hub API uses internal TLS (JupyterHub.internal_ssl): authenticate with the
+            Hub's internal certificates from internal_certs_location.
+            """
+        ),
+    ).tag(config=True)
+
+    internal_certs_location = Unicode(
+        "internal-ssl",
+        help="Where the Hub's generated internal-ssl certificates are (with ssl_enabled).",
+    ).tag(config=True)
+
+    config_file = Unicode(
+        "hubcull_config.py",
+        help=_help(
+            """
+            The config file to load. When the default hubcull_config.py is absent, an
+            idle_culler_config.py written for jupyterhub-idle-culler is loaded instead.
+            """
+        ),
+    ).tag(config=True)
+
+    generate_config = Bool(False, help="Print a config file with every option, then exit.").tag(
+        config=True
+    )
+
+    cull_arbiter_hook = Callable(
+        None,
+        allow_none=True,
+        help=_help(
+            """
+            A function deciding whether an eligible server is idle, instead of the plain
+            "inactive >= timeout" comparison (max_age still applies on top). Called with
+            keyword arguments inactive (a timedelta), inactive_limit (the timeout, in
+            seconds) and server (the Hub's server model, a dict); may be async. Return
+            True to cull. Example, a longer timeout for a profile:
+
+                def arbiter(inactive, inactive_limit, server):
+                    profile = (server.get("user_options") or {}).get("profile")
+                    limit = 4 * inactive_limit if profile == "gpu-long" else inactive_limit
+                    return inactive.total_seconds() >= limit
+                c.IdleCuller.cull_arbiter_hook = arbiter
+
+            If the hook raises, the server is kept (and the error logged once).
+            """
+        ),
+    ).tag(config=True)
+
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return logging.INFO
+
+    @default("log_datefmt")
+    def _log_datefmt_default(self) -> str:
+        return "%Y-%m-%d %H:%M:%S"
+
+    @default("log_format")
+    def _log_format_default(self) -> str:
+        # JupyterHub's own log line format: operators' parsers already know it.
+        return (
+            "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s "
+            "%(module)s:%(lineno)d]%(end_color)s %(message)s"
+        )
+
+    _log_formatter_cls = LogFormatter
+
+    @validate("timeout")
+    def _check_timeout(self, proposal: Any) -> int:
+        if proposal.value <= 0:
+            raise TraitError(
+                f"--timeout must be a positive number of seconds, not {proposal.value}"
+            )
+        return proposal.value
+
+    @validate("cull_every", "max_age", "api_page_size")
+    def _check_non_negative(self, proposal: Any) -> int:
+        if proposal.value < 0:
+            flag = proposal.trait.name.replace("_", "-")
+            raise TraitError(f"--{flag} must be 0 or a positive number, not {proposal.value}")
+        return proposal.value
+
+    @validate("concurrency")
+    def _check_concurrency(self, proposal: Any) -> int:
+        if proposal.value < 0:
+            raise TraitError(
+                f"--concurrency must be 0 (no limit) or a positive number, not {proposal.value}"
+            )
+        return proposal.value
+
+
+_COMPAT_OPTIONS = [
+    "url",
+    "timeout",
+    "cull-every",
+    "max-age",
+    "cull-users",
+    "cull-admin-users",
+    "remove-named-servers",
+    "cull-default-servers",
+    "cull-named-servers",
+    "concurrency",
+    "api-page-size",
+    "ssl-enabled",
+    "internal-certs-location",
+]
+_BOOL_OPTIONS = [
+    "cull-users",
+    "cull-admin-users",
+    "remove-named-servers",
+    "cull-default-servers",
+    "cull-named-servers",
+    "ssl-enabled",
+]
+
+
+class HubCull(IdleCuller):
+    """hubcull: stop idle JupyterHub servers (and users), a drop-in for jupyterhub-idle-culler."""
+
+    name = "hubcull"
+    version = __version__
+    description = _help(
+        """
+        Stop idle single-user servers (and, with --cull-users, idle users) through the
+        JupyterHub REST API. Run it as a Hub-managed service, or standalone with a token.
+        Exit codes: 0 done, 1 a pass failed, 2 bad configuration or credentials.
+        """
+    )
+    examples = _help(
+        """
+        hubcull --timeout=3600 --cull-every=600          # long-running, like the incumbent
+        hubcull --timeout=3600 --dry-run                 # what would be culled right now
+        hubcull --once --timeout=3600 --cull-users       # one pass, for a cron job
+        hubcull demo                                     # a local demo Hub, culled live
+        """
+    )
+
+    api_token_file = Unicode(
+        "",
+        help=_help(
+            """
+            Read the API token from this file instead of $JUPYTERHUB_API_TOKEN (for
+            Kubernetes secrets). The file is read again when it changes.
+            """
+        ),
+    ).tag(config=True)
+
+    once = Bool(
+        False,
+        help="Run one complete pass, then exit: 0 when it succeeded, 1 when it failed.",
+    ).tag(config=True)
+
+    dry_run = Bool(
+        False,
+        help=_help(
+            """
+            Decide everything, stop nothing: print each server (and user) that would be
+            culled, with the reason, then exit like --once.
+            """
+        ),
+    ).tag(config=True)
+
+    stop_wait = Float(
+        60.0,
+        help=_help(
+            """
+            How long, in seconds, to follow up a stop the Hub answered 202 (still stopping)
+            before leaving it to the next pass. A user is deleted only after all their
+            servers are confirmed stopped.
+            """
+        ),
+    ).tag(config=True)
+
+    request_timeout = Float(
+        help=_help(
+            """
+            Timeout, in seconds, of each request to the Hub.
+            Default: $JUPYTERHUB_REQUEST_TIMEOUT, else 60.
+            """
+        ),
+    ).tag(config=True)
+
+    @default("request_timeout")
+    def _request_timeout_default(self) -> float:
+        raw = os.environ.get("JUPYTERHUB_REQUEST_TIMEOUT")
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise TraitError(f"JUPYTERHUB_REQUEST_TIMEOUT is not a number: {raw!r}") from None
+            if value > 0:
+                return value
+        return 60.0
+
+    @validate("stop_wait", "request_timeout")
+    def _check_positive_float(self, proposal: Any) -> float:
+        if proposal.value <= 0:
+            flag = proposal.trait.name.replace("_", "-")
+            raise TraitError(f"--{flag} must be a positive number of seconds, not {proposal.value}")
+        return proposal.value
+
+    aliases = {
+        **{opt: f"IdleCuller.{opt.replace('-', '_')}" for opt in _COMPAT_OPTIONS},
+        "config": "IdleCuller.config_file",
+        "api-token-file": "HubCull.api_token_file",
+        "stop-wait": "HubCull.stop_wait",
+        "request-timeout": "HubCull.request_timeout",
+        "log-level": "Application.log_level",
+    }
+    # A flag and an alias of the same name: "--cull-users" alone means True,
+    # "--cull-users=false" still works (deployments use both forms).
+    flags = {
+        **{
+            opt: (
+                {"IdleCuller": {opt.replace("-", "_"): True}},
+                IdleCuller.class_traits()[opt.replace("-", "_")].help
+                + f" Alone, --{opt} means True.",
+            )
+            for opt in _BOOL_OPTIONS
+        },
+        "generate-config": ({"IdleCuller": {"generate_config": True}}, "Print a full config file."),
+        "once": ({"HubCull": {"once": True}}, "Run one pass, then exit."),
+        "dry-run": ({"HubCull": {"dry_run": True}}, "Print what would be culled; stop nothing."),
+        "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log at DEBUG level."),
+    }
+
+    subcommands = {
+        "demo": ("hubcull.demo.DemoApp", "Run a local demo JupyterHub and cull it live."),
+    }
+
+    def _create_loader(self, argv, aliases, flags, classes):  # type: ignore[no-untyped-def]
+        return _OneLineArgParseLoader(
+            argv, aliases, flags, classes=classes, log=self.log, subcommands=self.subcommands
+        )
+
+    # traitlets' own decorator logs and exits 1 on bad values; we want one line and exit 2.
+    def parse_command_line(self, argv: Any = None) -> None:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if not (argv and argv[0] in self.subcommands):
+            self._check_option_names(argv)
+        try:
+            Application.parse_command_line.__wrapped__(self, argv)  # type: ignore[attr-defined]
+        except (ArgumentError, UsageError) as e:
+            raise UsageError(self._explain_argparse(str(e))) from None
+        if self.subapp is None and self.extra_args:
+            raise UsageError(f"unexpected argument {self.extra_args[0]!r} (see hubcull --help)")
+
+    def _check_option_names(self, argv: list[str]) -> None:
+        """A mistyped option must fail, not be ignored: '--cull-user' would cull nobody's users."""
+        known_classes = {c.__name__: c for c in (HubCull, IdleCuller, Application)}
+        for arg in argv:
+            if arg == "--":
+                break
+            if not arg.startswith("--") or arg in ("--help", "--help-all", "--version"):
+                continue
+            name = arg[2:].split("=", 1)[0]
+            if name in self.aliases or name in self.flags:
+                continue
+            cls_name, _, trait = name.partition(".")
+            cls = known_classes.get(cls_name)
+            if cls is not None and trait in cls.class_traits(config=True):
+                continue
+            raise UsageError(f"unknown option --{name} (see hubcull --help)")
+
+    def _explain_argparse(self, message: str) -> str:
+        m = re.match(r"argument --([\w.-]+): expected one argument", message)
+        if m:
+            dest = m.group(1)
+            flag = next(
+                (a for a, t in self.aliases.items() if t.split(".")[-1] == dest.split(".")[-1]),
+                dest,
+            )
+            return f"--{flag} needs a value"
+        return message
+
+    def initialize(self, argv: Any = None) -> None:
+        self.parse_command_line(argv)
+        if self.subapp is not None:
+            return
+        if self.generate_config:
+            return
+        self._load_config_files()
+        # The command line wins over config files.
+        self.update_config(self.cli_config)
+        self._setup_logging()
+
+    def _load_config_files(self) -> None:
+        explicit = any(
+            "config_file" in section
+            for name, section in self.cli_config.items()
+            if name in ("IdleCuller", "HubCull")
+        )
+        candidates = [self.config_file]
+        if not explicit and self.config_file == "hubcull_config.py":
+            candidates.append("idle_culler_config.py")
+        for path in candidates:
+            if not os.path.isfile(path):
+                if explicit:
+                    raise UsageError(f"config file not found: {path}")
+                continue
+            try:
+                self.load_config_file(path)
+            except ConfigFileNotFound:
+                raise UsageError(f"config file not found: {path}") from None
+            except SyntaxError as e:
+                raise UsageError(f"config file {path}, line {e.lineno}: {e.msg}") from None
+            except (TraitError, UsageError):
+                raise
+            except Exception as e:
+                raise UsageError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+            self.log.debug("Loaded config file %s", path)
+            return
+
+    def _setup_logging(self) -> None:
+        self._redactor = RedactSecrets()
+        self.log.name = "hubcull"
+        self.log.propagate = False
+        for handler in self.log.handlers:
+            handler.addFilter(self._redactor)
+        # Libraries' warnings go through the same (redacting) handler, not Python's last resort.
+        for name in ("asyncio", "aiohttp"):
+            lib = logging.getLogger(name)
+            lib.setLevel(logging.WARNING)
+            for handler in self.log.handlers:
+                if handler not in lib.handlers:
+                    lib.addHandler(handler)
+            lib.propagate = False
+
+    # --- running ---------------------------------------------------------------
+
+    def rules(self) -> Rules:
+        return Rules(
+            timeout=self.timeout,
+            max_age=self.max_age,
+            cull_users=self.cull_users,
+            cull_admin_users=self.cull_admin_users,
+            cull_default_servers=self.cull_default_servers,
+            cull_named_servers=self.cull_named_servers,
+            remove_named_servers=self.remove_named_servers,
+        )
+
+    def token_source(self) -> TokenSource:
+        if self.api_token_file:
+            token = TokenSource(path=self.api_token_file)
+        else:
+            token = TokenSource(os.environ.get("JUPYTERHUB_API_TOKEN"))
+        if token.present:
+            self._redactor.add(token.get())
+        return token
+
+    def start(self) -> None:
+        if self.subapp is not None:
+            self.subapp.start()
+            return
+        if self.generate_config:
+            print(self.generate_config_file())
+            return
+        code = asyncio.run(self.main())
+        self.exit(code)
+
+    async def main(self) -> int:
+        try:
+            token = self.token_source()
+            ssl_context = (
+                make_internal_ssl_context(self.internal_certs_location)
+                if self.ssl_enabled
+                else None
+            )
+        except HubError as e:
+            self.log.critical("%s", e)
+            return EXIT_CONFIG
+        if self.concurrency == 0:
+            self.log.warning(
+                "--concurrency=0: no limit on concurrent Hub requests; a mass cull can overload "
+                "the Hub"
+            )
+        hub = HubClient(
+            self.url,
+            token,
+            concurrency=self.concurrency,
+            request_timeout=self.request_timeout,
+            ssl_context=ssl_context,
+            log=self.log,
+        )
+        self._warn_plain_http(hub)
+        async with hub:
+            try:
+                await preflight(hub, self.rules(), self.log)
+            except StartupError as e:
+                first, *rest = str(e).splitlines()
+                self.log.critical("%s", first)
+                if rest:
+                    print("\n".join(rest), file=sys.stderr)
+                return EXIT_CONFIG
+            culler = Culler(
+                hub,
+                self.rules(),
+                arbiter=self.cull_arbiter_hook,
+                dry_run=self.dry_run,
+                page_size=self.api_page_size,
+                workers=self.concurrency or 50,
+                stop_wait=self.stop_wait,
+                log=self.log,
+                emit=self._emit,
+            )
+            if self.once or self.dry_run:
+                report = await culler.run_pass()
+                return EXIT_OK if report.ok else EXIT_PASS_FAILED
+            return await self._run_forever(culler)
+
+    def _emit(self, line: str) -> None:
+        print(line, flush=True)
+
+    def _warn_plain_http(self, hub: HubClient) -> None:
+        host = hub.hub_host
+        if hub.api_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+            self.log.warning(
+                "The Hub API URL %s is plain http to a non-loopback host: the API token "
+                "crosses the network unencrypted",
+                hub.api_url,
+            )
+
+    async def _run_forever(self, culler: Culler) -> int:
+        every = self.cull_every or max(1, self.timeout // 2)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig, stop)
+        self.log.info(
+            "Culling servers idle for %ss%s, a full pass every %ss",
+            self.timeout,
+            f" or older than {self.max_age}s" if self.max_age else "",
+            every,
+        )
+        task = asyncio.create_task(run_periodically(culler.run_pass, every, stop, self.log))
+        await stop.wait()
+        # Let the pass under way finish its requests in flight, within a bound.
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=8)
+        except asyncio.TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.log.info("Stopped")
+        return EXIT_OK
+
+    def _on_signal(self, sig: signal.Signals, stop: asyncio.Event) -> None:
+        if stop.is_set():
+            return
+        self.log.info("Received %s, finishing up", signal.Signals(sig).name)
+        stop.set()
+
+
+_TRAIT_MESSAGE = re.compile(
+    r"The '(\w+)' trait of an? \w+ instance (?:expected|must be) (.*)", re.S
+)
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr, in the option's own terms where traitlets spoke of traits."""
+    m = _TRAIT_MESSAGE.match(message)
+    if m:
+        message = f"--{m.group(1).replace('_', '-')}: expected {m.group(2)}"
+    first = message.strip().splitlines()[0] if message.strip() else "invalid configuration"
+    print(f"hubcull: error: {first}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = HubCull.instance()
+    try:
+        app.initialize(argv)
+    except (UsageError, TraitError) as e:
+        _print_error(str(e))
+        sys.exit(EXIT_CONFIG)
+    try:
+        app.start()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (UsageError, TraitError) as e:
+        _print_error(str(e))
+        sys.exit(EXIT_CONFIG)
+
+
+__all__ = ["HubCull", "IdleCuller", "PassReport", "main"]

@@ -1,0 +1,459 @@
+"""One culling pass, and the start-up checks: list, decide, act, confirm.
+
+The engine owns the order of operations and nothing else: the Hub client does
+the HTTP, the policy decides, the page walk keeps the listing complete. A pass
+streams the user list page by page into a bounded queue served by a few workers,
+so memory stays bounded by a page whatever the number of users.
+
+Order of operations inside one user, which is where cullers go wrong:
+decide every server on the snapshot, stop the due ones, confirm each stop
+(following 202s up), and only then, on the *pre-stop* snapshot, decide whether
+to delete the user. Pending servers are never sent a DELETE: on JupyterHub >= 5.1
+that would cancel a spawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .hub import HubAPIError, HubClient, HubError, Identity, StopOutcome, scope_granted
+from .model import ModelError, Server, User, parse_user
+from .paging import BackwardWalk
+from .policy import Action, Rules, Verdict, arbiter_applies, decide_server, decide_user
+
+Clock = Callable[[], datetime]
+Arbiter = Callable[..., Any]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- start-up checks -------------------------------------------------------------
+
+
+class StartupError(Exception):
+    """A start-up check failed: the first line is the error, more lines may say how to fix it."""
+
+
+def required_scopes(rules: Rules) -> dict[str, str]:
+    """The scopes the configured features need, each with the reason it is needed."""
+    needed = {
+        "list:users": "list users",
+        "read:servers": "see their servers and activity",
+        "delete:servers": "stop servers",
+    }
+    if rules.cull_users:
+        needed["read:users"] = "see users' activity, creation time and admin flag"
+        needed["delete:users"] = "delete users (--cull-users)"
+    return needed
+
+
+def role_snippet(service_name: str, scopes: list[str]) -> str:
+    scope_list = ", ".join(f'"{s}"' for s in scopes)
+    return (
+        "c.JupyterHub.load_roles = [\n"
+        "    {\n"
+        f'        "name": "{service_name}",\n'
+        f'        "scopes": [{scope_list}],\n'
+        f'        "services": ["{service_name}"],\n'
+        "    }\n"
+        "]"
+    )
+
+
+async def preflight(hub: HubClient, rules: Rules, log: logging.Logger) -> Identity:
+    """Check reachability, token and scopes before the first pass; fail in words."""
+    if not hub.token.present:
+        raise StartupError(
+            "no API token: set JUPYTERHUB_API_TOKEN (the Hub sets it for managed services) "
+            "or pass --api-token-file"
+        )
+    try:
+        version = await hub.version()
+    except HubError as e:
+        raise StartupError(str(e)) from None
+    try:
+        me = await hub.identity()
+    except HubAPIError as e:
+        if e.status == 403:
+            raise StartupError(
+                f"the Hub at {hub.api_url} rejected the API token ({e.status} {e.message})"
+            ) from None
+        raise StartupError(f"checking the API token failed: {e}") from None
+    except HubError as e:
+        raise StartupError(str(e)) from None
+    needed = required_scopes(rules)
+    missing = [s for s in needed if not scope_granted(s, me.scopes)]
+    if missing:
+        what = ", ".join(f"{s} (to {needed[s]})" for s in missing)
+        name = me.name if me.kind == "service" else "hubcull"
+        raise StartupError(
+            f"the token of {me.kind} '{me.name}' lacks scopes: {what}\n"
+            f"Grant them in jupyterhub_config.py, for example:\n"
+            f"{role_snippet(name, list(needed))}"
+        )
+    filtered = sorted(s for s in me.scopes if "!" in s and s.split("!")[0] in needed)
+    if filtered:
+        log.info("Token scopes are filtered (%s): only those users are culled", ", ".join(filtered))
+    log.info("Connected to JupyterHub %s at %s as %s '%s'", version, hub.api_url, me.kind, me.name)
+    return me
+
+
+# --- one pass --------------------------------------------------------------------
+
+
+@dataclass
+class PassReport:
+    started: datetime
+    dry_run: bool = False
+    finished: datetime | None = None
+    complete: bool = False  # the listing reached the start of every list
+    users_listed: int = 0
+    servers_listed: int = 0
+    servers_stopped: int = 0  # confirmed stopped (or would be, in a dry run)
+    servers_stopping: int = 0  # asked to stop, not yet confirmed when the pass ended
+    users_deleted: int = 0
+    records_skipped: int = 0  # records the Hub sent that could not be read
+    errors: list[str] = field(default_factory=list)
+    requests: int = 0
+    page_climbs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.errors
+
+    @property
+    def duration(self) -> float:
+        end = self.finished or utcnow()
+        return (end - self.started).total_seconds()
+
+    def summary(self) -> str:
+        verb = "would stop" if self.dry_run else "stopped"
+        parts = [
+            f"{self.users_listed} users listed",
+            f"{verb} {self.servers_stopped} servers",
+        ]
+        if self.servers_stopping:
+            parts.append(f"{self.servers_stopping} still stopping")
+        if self.users_deleted:
+            parts.append(
+                f"{'would delete' if self.dry_run else 'deleted'} {self.users_deleted} users"
+            )
+        if self.records_skipped:
+            parts.append(f"{self.records_skipped} unreadable records skipped")
+        if self.errors:
+            parts.append(f"{len(self.errors)} errors")
+        state = "done" if self.complete else "INCOMPLETE"
+        return (
+            f"Pass {state} in {self.duration:.1f}s: "
+            + ", ".join(parts)
+            + (f" ({self.requests} Hub requests)")
+        )
+
+
+class Culler:
+    """Runs passes against one Hub with one set of rules."""
+
+    def __init__(
+        self,
+        hub: HubClient,
+        rules: Rules,
+        *,
+        arbiter: Arbiter | None = None,
+        dry_run: bool = False,
+        page_size: int = 0,
+        workers: int = 10,
+        stop_wait: float = 60.0,
+        poll_interval: float = 1.0,
+        clock: Clock = utcnow,
+        log: logging.Logger | None = None,
+        emit: Callable[[str], None] | None = None,
+    ):
+        self.hub = hub
+        self.rules = rules
+        self.arbiter = arbiter
+        self.dry_run = dry_run
+        self.page_size = page_size
+        self.workers = max(1, workers)
+        self.stop_wait = stop_wait
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.log = log or logging.getLogger("hubcull")
+        self.emit = emit or print
+        self._list_hints: dict[str, int] = {}
+        self._inflight: set[str] = set()
+        self._arbiter_failed: set[str] = set()
+
+    async def run_pass(self) -> PassReport:
+        report = PassReport(started=self.clock(), dry_run=self.dry_run)
+        requests_before = self.hub.stats.total
+        try:
+            if self.rules.cull_users:
+                # Users without any active server first: nothing we do in this part
+                # adds anyone to that list while we walk it.
+                await self._walk("inactive", report)
+            await self._walk("active", report)
+            report.complete = True
+        except HubError as e:
+            report.errors.append(str(e))
+            self.log.error("Pass stopped early: %s", e)
+        finally:
+            report.finished = self.clock()
+            report.requests = self.hub.stats.total - requests_before
+        self.log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
+        return report
+
+    async def _walk(self, state: str, report: PassReport) -> None:
+        walk = BackwardWalk(
+            self.page_size or 50, start_hint=self._list_hints.get(state, 0), max_climbs=100
+        )
+        queue: asyncio.Queue[User] = asyncio.Queue(maxsize=max(self.page_size, 50))
+        workers = [
+            asyncio.create_task(self._serve(queue, walk, report)) for _ in range(self.workers)
+        ]
+        try:
+            while (req := walk.next_request()) is not None:
+                limit = req.limit if (self.page_size or walk.limit) else None
+                page = await self.hub.list_users_page(state, req.offset, limit or req.limit)
+                names = [
+                    it.get("name")
+                    if isinstance(it, dict) and isinstance(it.get("name"), str)
+                    else None
+                    for it in page.items
+                ]
+                for i in walk.feed(req, page.limit, page.total, names):
+                    user = self._read_record(page.items[i], report)
+                    if user is None or user.name in self._inflight:
+                        continue
+                    self._inflight.add(user.name)
+                    await queue.put(user)
+            await queue.join()
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._inflight.clear()
+        if walk.total_seen is not None:
+            self._list_hints[state] = walk.total_seen
+        report.page_climbs += walk.climbs
+        if walk.unconfirmed:
+            self.log.warning(
+                "The %s user list kept shifting during the pass; %d pages could not be "
+                "cross-checked (a user may be seen only next pass)",
+                state,
+                walk.unconfirmed,
+            )
+
+    def _read_record(self, raw: Any, report: PassReport) -> User | None:
+        try:
+            user = parse_user(raw)
+        except ModelError as e:
+            report.records_skipped += 1
+            self.log.warning("Skipping a user record the Hub sent: %s", e)
+            return None
+        report.users_listed += 1
+        report.servers_listed += len(user.servers)
+        return user
+
+    async def _serve(
+        self, queue: asyncio.Queue[User], walk: BackwardWalk, report: PassReport
+    ) -> None:
+        while True:
+            user = await queue.get()
+            try:
+                culled = await self.handle_user(user, report)
+                if self.dry_run or not culled:
+                    walk.kept(user.name)  # still listed: a landmark for the pages below
+            except HubError as e:
+                report.errors.append(f"{user.name}: {e}")
+                self.log.error("Culling %s failed: %s", user.name, e)
+            except Exception as e:  # a bug must not stop the pass, nor hide
+                report.errors.append(f"{user.name}: {type(e).__name__}: {e}")
+                self.log.exception("Unexpected error while culling %s", user.name)
+            finally:
+                self._inflight.discard(user.name)
+                queue.task_done()
+
+    # --- one user --------------------------------------------------------------
+
+    async def handle_user(self, user: User, report: PassReport) -> bool:
+        """Decide and act on one user; True when something was culled (or would be)."""
+        now = self.clock()
+        due: list[tuple[Server, Verdict]] = []
+        for server in user.servers.values():
+            arbiter_says = await self._ask_arbiter(user, server, now)
+            v = decide_server(user, server, now, self.rules, arbiter_says)
+            if v.culls:
+                due.append((server, v))
+            else:
+                self.log.debug("Not culling %s: %s", v.subject, v.reason)
+        stopped = await asyncio.gather(*(self._stop(user, s, v, report) for s, v in due))
+        acted = bool(due)
+        if self.rules.cull_users:
+            not_stopped = (len(user.servers) - len(due)) + stopped.count(False)
+            uv = decide_user(user, now, self.rules, servers_running=not_stopped)
+            if uv.culls:
+                acted = await self._delete_user(user, uv, had_servers=bool(due), report=report)
+                acted = acted or bool(due)
+            else:
+                self.log.debug("Not deleting user %s: %s", user.name, uv.reason)
+        return acted
+
+    async def _ask_arbiter(self, user: User, server: Server, now: datetime) -> bool | None:
+        if self.arbiter is None or not arbiter_applies(server, self.rules):
+            return None
+        ref = server.last_activity or server.started
+        assert ref is not None
+        try:
+            answer = self.arbiter(
+                inactive=now - ref, inactive_limit=self.rules.timeout, server=dict(server.raw)
+            )
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return bool(answer)
+        except Exception as e:
+            label = user.server_label(server.name)
+            if label not in self._arbiter_failed:
+                self._arbiter_failed.add(label)
+                self.log.error(
+                    "cull_arbiter_hook failed for %s (%s: %s); not culling it for idleness",
+                    label,
+                    type(e).__name__,
+                    e,
+                )
+            return False
+
+    async def _stop(self, user: User, server: Server, v: Verdict, report: PassReport) -> bool:
+        """Stop one server; True once the Hub confirms it stopped (or it is gone)."""
+        if self.dry_run:
+            self.emit(f"would {v.describe()}")
+            report.servers_stopped += 1
+            return True
+        self.log.info("Culling: %s [%s]", v.describe(), v.rule)
+        try:
+            outcome = await self.hub.stop_server(
+                user.name, server.name, remove=v.action is Action.REMOVE
+            )
+        except HubAPIError as e:
+            report.errors.append(f"{v.subject}: {e}")
+            self.log.error("Could not stop %s: %s", v.subject, e)
+            return False
+        if outcome is StopOutcome.STOPPED:
+            report.servers_stopped += 1
+            return True
+        if outcome is StopOutcome.GONE:
+            self.log.info("%s was already gone", v.subject)
+            return True
+        # 202: the Hub's slow_stop_timeout passed; follow it up ourselves.
+        self.log.warning("%s is slow to stop; following up", v.subject)
+        if await self._await_stopped(user.name, server.name):
+            report.servers_stopped += 1
+            return True
+        report.servers_stopping += 1
+        self.log.warning(
+            "%s still not stopped after %.0fs; the next pass will look again",
+            v.subject,
+            self.stop_wait,
+        )
+        return False
+
+    async def _await_stopped(self, user: str, server: str) -> bool:
+        deadline = time.monotonic() + self.stop_wait
+        while True:
+            if await self._server_gone(user, server):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.poll_interval)
+
+    async def _server_gone(self, user: str, server: str) -> bool:
+        raw = await self.hub.get_user(user)
+        if raw is None:
+            return True
+        try:
+            fresh = parse_user(raw)
+        except ModelError as e:
+            self.log.warning("Cannot read %s while confirming a stop: %s", user, e)
+            return False
+        return server not in fresh.servers
+
+    async def _delete_user(
+        self, user: User, v: Verdict, had_servers: bool, report: PassReport
+    ) -> bool:
+        if self.dry_run:
+            self.emit(f"would {v.describe()}")
+            report.users_deleted += 1
+            return True
+        if had_servers:
+            # Every server was confirmed stopped, but only a fresh look proves that
+            # nothing else started meanwhile: the Hub's DELETE /users stops only the
+            # default server and fails halfway with a named one still active.
+            raw = await self.hub.get_user(user.name)
+            if raw is None:
+                return True
+            try:
+                fresh = parse_user(raw)
+            except ModelError as e:
+                self.log.warning("Not deleting %s: cannot read their model (%s)", user.name, e)
+                return False
+            if fresh.servers:
+                self.log.info(
+                    "Not deleting user %s: %d server(s) active again",
+                    user.name,
+                    len(fresh.servers),
+                )
+                return False
+        self.log.info("Culling: %s [%s]", v.describe(), v.rule)
+        try:
+            deleted = await self.hub.delete_user(user.name)
+        except HubAPIError as e:
+            report.errors.append(f"user {user.name}: {e}")
+            self.log.error("Could not delete user %s: %s", user.name, e)
+            return False
+        if deleted:
+            report.users_deleted += 1
+        return True
+
+
+# --- the long-running loop -------------------------------------------------------
+
+
+async def run_periodically(
+    run_pass: Callable[[], Awaitable[PassReport]],
+    every: float,
+    stop: asyncio.Event,
+    log: logging.Logger,
+) -> None:
+    """A pass every ``every`` seconds from the start of the last one.
+
+    A failed pass is logged and never ends the loop.
+    """
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await run_pass()
+        except Exception:
+            log.exception("Pass failed unexpectedly; the next one runs on schedule")
+        delay = max(0.0, every - (time.monotonic() - started))
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+
+__all__ = [
+    "Culler",
+    "PassReport",
+    "StartupError",
+    "preflight",
+    "required_scopes",
+    "run_periodically",
+]

@@ -1,0 +1,386 @@
+"""The only code that speaks HTTP to the Hub.
+
+It owns the auth header, the concurrency limit, timeouts, TLS and pagination
+headers, and turns every failure into one exception of the :class:`HubError`
+family that says what went wrong in the operator's terms. No message built
+here ever contains the token: errors are composed from the method, the path and
+the Hub's own message, never from the request object (whose headers hold it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import os
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from . import __version__
+
+PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
+
+
+class HubError(Exception):
+    """Something went wrong talking to the Hub. ``str()`` is safe to log."""
+
+
+class HubUnreachable(HubError):
+    """No HTTP answer: connection refused, reset, DNS, TLS handshake, timeout."""
+
+    def __init__(self, url: str, cause: str):
+        self.url = url
+        self.cause = cause
+        super().__init__(f"cannot reach the Hub at {url}: {cause}")
+
+
+class HubTimeout(HubUnreachable):
+    pass
+
+
+class HubAPIError(HubError):
+    """The Hub answered with an error status."""
+
+    def __init__(self, method: str, path: str, status: int, message: str):
+        self.method = method
+        self.path = path
+        self.status = status
+        self.message = message
+        super().__init__(f"{method} {path}: {status} {message}".rstrip())
+
+
+class TokenRejected(HubAPIError):
+    """403 'Missing or invalid credentials': the token is unknown, expired or revoked."""
+
+
+class ScopeDenied(HubAPIError):
+    """403 naming the scopes the action needs: the token is valid but lacks a scope."""
+
+
+class BadResponse(HubError):
+    """The Hub answered 2xx with a body we cannot read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    kind: str  # "service" or "user"
+    name: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    items: list[Any]
+    offset: int
+    limit: int
+    total: int
+
+
+class StopOutcome(enum.Enum):
+    STOPPED = "stopped"  # 204: the Hub says it is stopped
+    STOPPING = "stopping"  # 202: still stopping after the Hub's slow_stop_timeout
+    GONE = "gone"  # 404: the user or server no longer exists
+
+
+class TokenSource:
+    """Where the API token comes from; a file is re-read when it changes (rotated secrets)."""
+
+    def __init__(self, token: str | None = None, path: str | None = None):
+        self._token = token.strip() if token else None
+        self.path = path
+        self._mtime: float | None = None
+        if path:
+            self._read_file()
+
+    def _read_file(self) -> None:
+        assert self.path
+        try:
+            st = os.stat(self.path)
+            with open(self.path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as e:
+            raise HubError(f"cannot read the API token file {self.path}: {e.strerror}") from None
+        if not value:
+            raise HubError(f"the API token file {self.path} is empty")
+        self._token, self._mtime = value, st.st_mtime
+
+    def get(self) -> str:
+        if self.path:
+            try:
+                mtime = os.stat(self.path).st_mtime
+            except OSError:
+                mtime = self._mtime
+            if mtime != self._mtime:
+                self._read_file()
+        if not self._token:
+            raise HubError("no API token")
+        return self._token
+
+    @property
+    def present(self) -> bool:
+        return bool(self._token)
+
+
+def make_internal_ssl_context(certs_location: str) -> ssl.SSLContext:
+    """Client TLS for a Hub with ``internal_ssl``: the Hub's CA and the hub-internal client cert."""
+    base = certs_location.rstrip("/")
+    paths = {
+        "key": f"{base}/hub-internal/hub-internal.key",
+        "cert": f"{base}/hub-internal/hub-internal.crt",
+        "ca": f"{base}/hub-ca/hub-ca.crt",
+    }
+    for what, path in paths.items():
+        if not os.path.isfile(path):
+            raise HubError(f"--ssl-enabled: the internal {what} file {path} does not exist")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=paths["ca"])
+    ctx.load_cert_chain(paths["cert"], paths["key"])
+    return ctx
+
+
+def _safe_cause(exc: BaseException) -> str:
+    """A short description of a transport error, without request objects in it."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        err = exc.os_error
+        return err.strerror or type(err).__name__ if err else "connection failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "response cut short"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or type(exc).__name__}"
+    return type(exc).__name__
+
+
+def _hub_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        return text[:200]
+    if isinstance(data, Mapping) and isinstance(data.get("message"), str):
+        return data["message"][:500]
+    return ""
+
+
+@dataclass
+class RequestStats:
+    """Counts of requests by kind, for reports and benchmarks."""
+
+    by_kind: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_kind.values())
+
+
+class HubClient:
+    """An authenticated, concurrency-limited session with the Hub's REST API."""
+
+    def __init__(
+        self,
+        api_url: str,
+        token: TokenSource,
+        *,
+        concurrency: int = 10,
+        request_timeout: float = 60,
+        ssl_context: ssl.SSLContext | None = None,
+        log: logging.Logger | None = None,
+    ):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.request_timeout = request_timeout
+        self.ssl_context = ssl_context
+        self.log = log or logging.getLogger("hubcull")
+        self._sem = asyncio.Semaphore(concurrency) if concurrency > 0 else None
+        self._session: aiohttp.ClientSession | None = None
+        self.stats = RequestStats()
+        self.on_request: Callable[[str, str, int | None, float], None] | None = None
+
+    @property
+    def hub_host(self) -> str:
+        return urlsplit(self.api_url).hostname or ""
+
+    async def __aenter__(self) -> HubClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0, ssl=self.ssl_context if self.ssl_context is not None else True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": f"hubcull/{__version__}"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
+        url = self.api_url + path
+        if params:
+            url += "?" + urlencode(params)
+        return url
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        auth: bool = True,
+        accept: str = "application/json",
+        kind: str | None = None,
+    ) -> tuple[int, bytes]:
+        """One HTTP request; returns (status, body) for 2xx and 404, raises otherwise."""
+        url = self.url(path, params)
+        headers = {"Accept": accept}
+        if auth:
+            headers["Authorization"] = f"token {self.token.get()}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        shown = path if not params else f"{path}?{urlencode(params)}"
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+        self.stats.by_kind[kind or method] += 1
+        start = time.monotonic()
+        status: int | None = None
+        try:
+            if self._sem is not None:
+                await self._sem.acquire()
+            try:
+                async with self._get_session().request(
+                    method, URL(url, encoded=True), headers=headers, data=data, timeout=timeout
+                ) as resp:
+                    status = resp.status
+                    payload = await resp.read()
+            finally:
+                if self._sem is not None:
+                    self._sem.release()
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            raise HubTimeout(
+                self.api_url, f"{method} {shown} timed out after {self.request_timeout:g}s"
+            ) from None
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
+            raise HubUnreachable(self.api_url, _safe_cause(e)) from None
+        finally:
+            elapsed = time.monotonic() - start
+            if self.on_request is not None:
+                self.on_request(method, path, status, elapsed)
+        self.log.debug("%s %s -> %s (%.0f ms)", method, shown, status, elapsed * 1000)
+        if 200 <= status < 300 or status == 404:
+            return status, payload
+        message = _hub_message(payload)
+        if status == 403 and "invalid credentials" in message.lower():
+            raise TokenRejected(method, shown, status, message)
+        if status == 403 and "scope" in message.lower():
+            raise ScopeDenied(method, shown, status, message)
+        raise HubAPIError(method, shown, status, message)
+
+    async def get_json(self, path: str, **kwargs: Any) -> Any:
+        status, payload = await self.request("GET", path, **kwargs)
+        if status == 404:
+            return None
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise BadResponse(f"GET {path}: the Hub's answer is not JSON") from None
+
+    # --- the calls hubcull makes -------------------------------------------------
+
+    async def version(self) -> str:
+        """``GET /`` needs no token: proves we reach a JupyterHub API at all."""
+        data = await self.get_json("/", auth=False, kind="version")
+        if not isinstance(data, Mapping) or not isinstance(data.get("version"), str):
+            raise BadResponse(f"{self.api_url}/ does not look like a JupyterHub API")
+        return data["version"]
+
+    async def identity(self) -> Identity:
+        """Who the token belongs to, with its expanded scopes (``GET /user``)."""
+        data = await self.get_json("/user", kind="identity")
+        if not isinstance(data, Mapping):
+            raise BadResponse("GET /user: unexpected answer")
+        scopes = data.get("scopes")
+        return Identity(
+            kind=str(data.get("kind", "?")),
+            name=str(data.get("name", "?")),
+            scopes=frozenset(s for s in scopes if isinstance(s, str))
+            if isinstance(scopes, list)
+            else frozenset(),
+        )
+
+    async def list_users_page(self, state: str, offset: int, limit: int) -> ListPage:
+        """One page of ``GET /users?state=...`` in the paginated form."""
+        params = {"state": state, "offset": offset, "limit": limit}
+        data = await self.get_json(
+            "/users", params=params, accept=PAGINATION_MEDIA_TYPE, kind="list"
+        )
+        if isinstance(data, list):
+            raise BadResponse(
+                "GET /users answered without pagination: hubcull needs JupyterHub >= 2.0"
+            )
+        try:
+            items = data["items"]
+            info = data["_pagination"]
+            page = ListPage(
+                items=items,
+                offset=int(info["offset"]),
+                limit=int(info["limit"]),
+                total=int(info["total"]),
+            )
+        except (TypeError, KeyError, ValueError):
+            raise BadResponse("GET /users: the page has no readable items/_pagination") from None
+        if not isinstance(items, list):
+            raise BadResponse("GET /users: 'items' is not a list")
+        return page
+
+    async def get_user(self, name: str) -> Any:
+        """``GET /users/{name}``: the raw model, or None when the user is gone."""
+        return await self.get_json(f"/users/{quote(name, safe='')}", kind="user")
+
+    async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome:
+        if server:
+            path = f"/users/{quote(user, safe='')}/servers/{quote(server, safe='')}"
+        else:
+            path = f"/users/{quote(user, safe='')}/server"
+        status, _ = await self.request(
+            "DELETE", path, body={"remove": True} if remove else None, kind="stop"
+        )
+        if status == 404:
+            return StopOutcome.GONE
+        return StopOutcome.STOPPING if status == 202 else StopOutcome.STOPPED
+
+    async def delete_user(self, name: str) -> bool:
+        """Delete a user; False when they were already gone."""
+        status, _ = await self.request(
+            "DELETE", f"/users/{quote(name, safe='')}", kind="delete-user"
+        )
+        return status != 404
+
+
+def scope_granted(needed: str, scopes: frozenset[str]) -> bool:
+    """Whether an expanded scope list grants ``needed``, possibly filtered (``x!group=y``)."""
+    return needed in scopes or any(s.startswith(needed + "!") for s in scopes)
