@@ -168,6 +168,8 @@ class LocalHub:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "hub.log"
         self._session: aiohttp.ClientSession | None = None
+        # Every token this Hub knows: tests assert none of them ever shows in any output.
+        self.secrets: set[str] = {self.admin.token, *(s.token for s in self.services.values())}
 
     # --- addresses and tokens ----------------------------------------------------
 
@@ -198,6 +200,9 @@ class LocalHub:
             if svc.command:
                 entry["command"] = list(svc.command)
                 entry["environment"] = dict(svc.environment)
+            if svc is self.admin:
+                # Only an admin service may create admin users (the scopes alone do not do).
+                entry["admin"] = True
             svc_config.append(entry)
             roles.append(
                 {"name": f"{svc.name}-role", "scopes": list(svc.scopes), "services": [svc.name]}
@@ -247,8 +252,8 @@ c.JupyterHub.api_page_default_limit = {self.page_default}
 c.JupyterHub.api_page_max_limit = {self.page_max}
 c.JupyterHub.trust_user_provided_tokens = True
 c.JupyterHub.tornado_settings = {tornado_settings!r}
-c.JupyterHub.services = {json.dumps(svc_config)}
-c.JupyterHub.load_roles = {json.dumps(roles)}
+c.JupyterHub.services = {svc_config!r}
+c.JupyterHub.load_roles = {roles!r}
 {spawner_config}
 {self.extra_config}
 """
@@ -461,6 +466,7 @@ c.JupyterHub.load_roles = {json.dumps(roles)}
         )
         if status != 201:
             raise RuntimeError(f"minting a token failed: {status} {data}")
+        self.secrets.add(data["token"])
         return data["token"]
 
     async def reset(self) -> None:

@@ -119,7 +119,6 @@ class SimSpawner(Spawner):
 
     async def start(self) -> str:
         opts = self._options()
-        # Before the first await: the Hub commits right after calling start().
         started = _naive_utc(opts.get("started"))
         last_activity = _naive_utc(opts.get("last_activity"))
         if started is not None:
@@ -128,6 +127,9 @@ class SimSpawner(Spawner):
             stamp = last_activity or started
             self.orm_spawner.last_activity = stamp
             self.user.orm_user.last_activity = stamp
+        # Commit at once: the Hub rolls back dirty objects at the start of every request,
+        # and start() runs as a task, after the Hub's own commit.
+        self.db.commit()
         self._sim_hang = bool(opts.get("stop_hangs"))
         delay = float(opts.get("spawn_delay") or 0)
         if delay:

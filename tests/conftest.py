@@ -1,0 +1,1 @@
+"""Shared fixtures: the package is tested from the source tree's virtualenv."""

@@ -1,0 +1,103 @@
+"""A real JupyterHub (with the real configurable-http-proxy) for the integration tests.
+
+One Hub serves the whole session; ``clean_hub`` stops every server and deletes every
+user before a test, so tests never see each other's users. Tests that need a Hub
+configured differently (managed services, real single-user servers) start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from hubcull.testing import LocalHub, Service
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def assert_no_secret(hub: LocalHub, text: str) -> None:
+    for secret in hub.secrets:
+        assert secret not in text, "a token appeared in hubcull's output"
+
+
+async def run_hubcull(
+    hub: LocalHub,
+    *args: str,
+    token: str | None = "service",
+    url: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
+    debug: bool = True,
+) -> Run:
+    """Run the real ``hubcull`` command against ``hub`` and return what it did.
+
+    Every run logs at DEBUG and is scanned for every token the Hub knows.
+    """
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    if token == "service":
+        token = hub.token("hubcull")
+    if token:
+        full_env["JUPYTERHUB_API_TOKEN"] = token
+    full_env.update(env or {})
+    argv = [sys.executable, "-m", "hubcull", f"--url={url or hub.api_url}"]
+    if debug:
+        argv.append("--log-level=DEBUG")
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=full_env,
+        cwd=str(cwd) if cwd else None,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        tail = err.decode()[-3000:]
+        raise AssertionError(f"hubcull did not finish in {timeout}s:\n{tail}") from None
+    run = Run(proc.returncode or 0, out.decode(), err.decode())
+    assert_no_secret(hub, run.output)
+    assert "Traceback" not in run.output, run
+    return run
+
+
+@pytest_asyncio.fixture(scope="session")
+async def hub() -> AsyncIterator[LocalHub]:
+    h = LocalHub(services=[Service("hubcull")], slow_stop_timeout=1)
+    await h.start()
+    yield h
+    await h.close()
+
+
+@pytest_asyncio.fixture
+async def clean_hub(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalHub:
+    await hub.reset()
+    # hubcull reads hubcull_config.py from its working directory: give each test an empty one.
+    monkeypatch.chdir(tmp_path)
+    return hub
+
+
+def names(specs: Sequence[object]) -> set[tuple[str, str]]:
+    return {(s.user, s.name) for s in specs}  # type: ignore[attr-defined]
