@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from textwrap import dedent
 from typing import Any
 
@@ -222,6 +223,11 @@ class IdleCuller(Application):
 
     _log_formatter_cls = LogFormatter
 
+    @default("raise_config_file_errors")
+    def _raise_config_file_errors_default(self) -> bool:
+        # A broken config file must stop us with its error, not be skipped with a warning.
+        return True
+
     @validate("timeout")
     def _check_timeout(self, proposal: Any) -> int:
         if proposal.value <= 0:
@@ -329,6 +335,7 @@ class HubCull(IdleCuller):
     ).tag(config=True)
 
     request_timeout = Float(
+        60.0,
         help=_help(
             """
             Timeout, in seconds, of each request to the Hub.
@@ -436,12 +443,12 @@ class HubCull(IdleCuller):
             return
         if self.generate_config:
             return
-        self._load_config_files()
+        self._load_config_file_in_cwd()
         # The command line wins over config files.
         self.update_config(self.cli_config)
         self._setup_logging()
 
-    def _load_config_files(self) -> None:
+    def _load_config_file_in_cwd(self) -> None:
         explicit = any(
             "config_file" in section
             for name, section in self.cli_config.items()
@@ -456,7 +463,8 @@ class HubCull(IdleCuller):
                     raise UsageError(f"config file not found: {path}")
                 continue
             try:
-                self.load_config_file(path)
+                # undecorated: traitlets would log and exit 1 on a bad value
+                Application.load_config_file.__wrapped__(self, path)  # type: ignore[attr-defined]
             except ConfigFileNotFound:
                 raise UsageError(f"config file not found: {path}") from None
             except SyntaxError as e:
@@ -464,7 +472,16 @@ class HubCull(IdleCuller):
             except (TraitError, UsageError):
                 raise
             except Exception as e:
-                raise UsageError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+                line = next(
+                    (
+                        f.lineno
+                        for f in traceback.extract_tb(e.__traceback__)
+                        if os.path.basename(f.filename) == os.path.basename(path)
+                    ),
+                    None,
+                )
+                where = f"{path}, line {line}" if line else path
+                raise UsageError(f"config file {where}: {type(e).__name__}: {e}") from None
             self.log.debug("Loaded config file %s", path)
             return
 

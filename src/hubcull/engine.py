@@ -84,8 +84,11 @@ async def preflight(hub: HubClient, rules: Rules, log: logging.Logger) -> Identi
         me = await hub.identity()
     except HubAPIError as e:
         if e.status == 403:
+            # Any valid token may read /user: a 403 here means the token itself is refused.
+            detail = e.message or "Forbidden"
             raise StartupError(
-                f"the Hub at {hub.api_url} rejected the API token ({e.status} {e.message})"
+                f"the Hub at {hub.api_url} rejected the API token ({e.status} {detail}): "
+                "is it mistyped, revoked, expired or for another Hub?"
             ) from None
         raise StartupError(f"checking the API token failed: {e}") from None
     except HubError as e:

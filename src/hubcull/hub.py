@@ -152,13 +152,15 @@ def _safe_cause(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
         err = exc.os_error
-        return err.strerror or type(err).__name__ if err else "connection failed"
+        if err is not None and err.errno:
+            return os.strerror(err.errno)
+        return (err.strerror or type(err).__name__) if err else "connection failed"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server disconnected"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "response cut short"
     if isinstance(exc, aiohttp.ClientOSError):
-        return exc.strerror or type(exc).__name__
+        return os.strerror(exc.errno) if exc.errno else (exc.strerror or type(exc).__name__)
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or type(exc).__name__}"
     return type(exc).__name__
