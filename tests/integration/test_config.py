@@ -82,7 +82,8 @@ import asyncio
 import re
 async def arbiter(inactive, inactive_limit, server):
     await asyncio.sleep(0)
-    return (server.get("user_options") or {}).get("profile") == "short" and inactive.total_seconds() > 60
+    profile = (server.get("user_options") or {}).get("profile")
+    return profile == "short" and inactive.total_seconds() > 60
 c.IdleCuller.cull_arbiter_hook = arbiter
 """
 

@@ -1,4 +1,4 @@
-"""Start-up checks on a real Hub: each failure is one clear line and exit code 2, never a traceback."""
+"""Start-up checks on a real Hub: each failure is one clear line, exit code 2, no traceback."""
 
 from __future__ import annotations
 
