@@ -30,7 +30,7 @@ from . import __version__
 from .engine import Culler, PassReport, StartupError, preflight, run_periodically
 from .hub import HubClient, HubError, TokenSource, make_internal_ssl_context
 from .logsafe import RedactSecrets
-from .policy import Rules
+from .policy import MAX_SECONDS, Rules
 
 DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
 EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -230,17 +230,21 @@ class IdleCuller(Application):
 
     @validate("timeout")
     def _check_timeout(self, proposal: Any) -> int:
-        if proposal.value <= 0:
+        if not 0 < proposal.value <= MAX_SECONDS:
             raise TraitError(
-                f"--timeout must be a positive number of seconds, not {proposal.value}"
+                f"--timeout must be a positive number of seconds (at most {MAX_SECONDS}), "
+                f"not {proposal.value}"
             )
         return proposal.value
 
     @validate("cull_every", "max_age", "api_page_size")
     def _check_non_negative(self, proposal: Any) -> int:
-        if proposal.value < 0:
+        if not 0 <= proposal.value <= MAX_SECONDS:
             flag = proposal.trait.name.replace("_", "-")
-            raise TraitError(f"--{flag} must be 0 or a positive number, not {proposal.value}")
+            raise TraitError(
+                f"--{flag} must be 0 or a positive number (at most {MAX_SECONDS}), "
+                f"not {proposal.value}"
+            )
         return proposal.value
 
     @validate("concurrency")

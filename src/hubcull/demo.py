@@ -31,9 +31,7 @@ class DemoApp(Application):
     timeout = Int(30, help="The idle timeout hubcull uses in the demo, in seconds.").tag(
         config=True
     )
-    cull_every = Int(5, help="Seconds between hubcull's full passes in the demo.").tag(
-        config=True
-    )
+    cull_every = Int(5, help="Seconds between hubcull's full passes in the demo.").tag(config=True)
     duration = Int(90, help="Longest the demo runs, in seconds.").tag(config=True)
 
     aliases = {
@@ -87,12 +85,17 @@ class DemoApp(Application):
         try:
             status, info = await hub.api("GET", "/", token=None)
             version = info.get("version", "?") if isinstance(info, dict) else "?"
-            say(f"Started JupyterHub {version} (pid {hub.proc.pid if hub.proc else '?'}) "
-                f"with configurable-http-proxy")
+            say(
+                f"Started JupyterHub {version} (pid {hub.proc.pid if hub.proc else '?'}) "
+                f"with configurable-http-proxy"
+            )
             say(f"  Hub at {hub.public_url}/hub/ , API at {hub.api_url}")
             say(f"  its files (config, database, log) in {hub.workdir}")
-            say(f"  hubcull runs inside it as the managed service 'hubcull': {' '.join(command[1:])}")
-            say("Press Ctrl-C to stop early: the Hub, the proxy and the folder are removed on exit.")
+            flags = " ".join(command[3:])
+            say(f"  hubcull runs inside it as the managed service 'hubcull' ({flags})")
+            say(
+                "Press Ctrl-C to stop early: the Hub, the proxy and the folder are removed on exit."
+            )
             return await self._show(hub, stop, ServerSpec)
         finally:
             say("Stopping the Hub and cleaning up ...")

@@ -19,7 +19,8 @@ from typing import Any
 KNOWN_PENDING = frozenset({"spawn", "stop", "check", "rename"})
 
 _ISO_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
+    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$",
+    re.ASCII,
 )
 
 
@@ -57,10 +58,15 @@ def parse_timestamp(value: Any, what: str = "timestamp") -> datetime | None:
     except ValueError as e:
         raise ModelError(f"{what} is not a valid date: {value[:40]!r} ({e})") from None
     if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
-        offset = sign * (int(digits[:2]) * 60 + int(digits[2:]))
-        dt = dt - timedelta(minutes=offset)
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            raise ModelError(f"{what} has an impossible UTC offset: {value[:40]!r}")
+        offset = (1 if zone[0] == "+" else -1) * (hours * 60 + minutes)
+        try:
+            dt = dt - timedelta(minutes=offset)
+        except OverflowError:
+            raise ModelError(f"{what} is out of range in UTC: {value[:40]!r}") from None
     return dt
 
 

@@ -24,6 +24,18 @@ from datetime import datetime, timedelta
 
 from .model import Server, User
 
+# The longest timeout or max-age that makes sense (100 years): beyond it, deadlines
+# fall off the calendar (datetime ends in year 9999) and no decision could be made.
+MAX_SECONDS = 100 * 365 * 86400
+
+
+def _deadline(start: datetime, seconds: float) -> datetime | None:
+    """``start + seconds``, or None (never) when that is past the end of the calendar."""
+    try:
+        return start + timedelta(seconds=seconds)
+    except OverflowError:
+        return None
+
 
 class Action(enum.Enum):
     KEEP = "keep"
@@ -49,10 +61,15 @@ class Rules:
     remove_named_servers: bool = False
 
     def __post_init__(self) -> None:
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
-        if self.max_age < 0:
-            raise ValueError(f"max_age must be 0 (off) or positive, not {self.max_age!r}")
+        if not 0 < self.timeout <= MAX_SECONDS:
+            raise ValueError(
+                f"timeout must be a positive number of seconds up to {MAX_SECONDS}, "
+                f"not {self.timeout!r}"
+            )
+        if not 0 <= self.max_age <= MAX_SECONDS:
+            raise ValueError(
+                f"max_age must be 0 (off) or positive, up to {MAX_SECONDS}, not {self.max_age!r}"
+            )
 
 
 _VERBS = {
@@ -98,8 +115,8 @@ def format_duration(td: timedelta | float | None) -> str:
     if td is None:
         return "unknown"
     seconds = td.total_seconds() if isinstance(td, timedelta) else float(td)
-    sign = "-" if seconds < 0 else ""
     s = int(abs(seconds))
+    sign = "-" if seconds < 0 and s else ""
     days, s = divmod(s, 86400)
     hours, s = divmod(s, 3600)
     minutes, s = divmod(s, 60)
@@ -156,9 +173,9 @@ def decide_server(
         return keep("no-data", "no activity or start time recorded")
     inactive = now - ref
     age = None if server.started is None else now - server.started
-    idle_due_at = ref + timedelta(seconds=rules.timeout)
+    idle_due_at = _deadline(ref, rules.timeout)
     age_due_at = (
-        server.started + timedelta(seconds=rules.max_age)
+        _deadline(server.started, rules.max_age)
         if rules.max_age and server.started is not None
         else None
     )
@@ -166,7 +183,7 @@ def decide_server(
         Action.REMOVE if (rules.remove_named_servers and not server.is_default) else Action.STOP
     )
 
-    if arbiter_says_idle is None and now >= idle_due_at:
+    if arbiter_says_idle is None and idle_due_at is not None and now >= idle_due_at:
         return Verdict(
             action,
             "idle",
@@ -235,13 +252,13 @@ def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -
         return keep("no-data", "no activity or creation time recorded")
     inactive = now - ref
     age = None if user.created is None else now - user.created
-    idle_due_at = ref + timedelta(seconds=rules.timeout)
+    idle_due_at = _deadline(ref, rules.timeout)
     age_due_at = (
-        user.created + timedelta(seconds=rules.max_age)
+        _deadline(user.created, rules.max_age)
         if rules.max_age and user.created is not None
         else None
     )
-    if now >= idle_due_at:
+    if idle_due_at is not None and now >= idle_due_at:
         return Verdict(
             Action.DELETE_USER,
             "idle",
@@ -265,7 +282,8 @@ def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -
     due_at = _earliest(idle_due_at, age_due_at)
     return keep(
         "active",
-        f"inactive for {format_duration(inactive)}, due in {format_duration(due_at - now)}",
+        f"inactive for {format_duration(inactive)}"
+        + ("" if due_at is None else f", due in {format_duration(due_at - now)}"),
         due_at=due_at,
         inactive=inactive,
         age=age,
