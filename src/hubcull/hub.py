@@ -150,6 +150,14 @@ def _safe_cause(exc: BaseException) -> str:
     """A short description of a transport error, without request objects in it."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        detail = getattr(cert_error, "verify_message", None) or getattr(cert_error, "reason", "")
+        return f"TLS error: certificate not trusted ({detail or type(cert_error).__name__})"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        err = exc.os_error
+        detail = getattr(err, "reason", None) or type(err).__name__
+        return f"TLS error: {detail}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         err = exc.os_error
         if err is not None and err.errno:

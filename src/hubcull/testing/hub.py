@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ..hub import HubError, make_internal_ssl_context
 from ..model import format_timestamp
 
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -137,6 +138,7 @@ class LocalHub:
         log_level: str = "INFO",
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 60,
+        internal_ssl: bool = False,
     ):
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hubcull-hub-"))
@@ -161,6 +163,7 @@ class LocalHub:
         self.log_level = log_level
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
+        self.internal_ssl = internal_ssl
         self.hub_port = free_port()
         self.public_port = free_port()
         self.proxy_api_port = free_port()
@@ -174,8 +177,17 @@ class LocalHub:
     # --- addresses and tokens ----------------------------------------------------
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.internal_ssl else "http"
+
+    @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.hub_port}/hub/api"
+        return f"{self.scheme}://127.0.0.1:{self.hub_port}/hub/api"
+
+    @property
+    def internal_certs(self) -> Path:
+        """Where the Hub writes its internal-ssl certificates (with ``internal_ssl``)."""
+        return self.workdir / "internal-ssl"
 
     @property
     def public_url(self) -> str:
@@ -231,8 +243,10 @@ class LocalHub:
         return f"""# written by hubcull.testing.LocalHub
 c = get_config()  # noqa
 c.JupyterHub.bind_url = "http://127.0.0.1:{self.public_port}"
-c.JupyterHub.hub_bind_url = "http://127.0.0.1:{self.hub_port}"
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+c.JupyterHub.hub_bind_url = "{self.scheme}://127.0.0.1:{self.hub_port}"
+c.ConfigurableHTTPProxy.api_url = "{self.scheme}://127.0.0.1:{self.proxy_api_port}"
+c.JupyterHub.internal_ssl = {self.internal_ssl!r}
+c.JupyterHub.internal_certs_location = {str(self.internal_certs)!r}
 c.ConfigurableHTTPProxy.command = [{chp!r}]
 c.ConfigurableHTTPProxy.auth_token = {secrets.token_hex(16)!r}
 c.ConfigurableHTTPProxy.pid_file = {str(self.workdir / "proxy.pid")!r}
@@ -277,18 +291,19 @@ c.JupyterHub.load_roles = {roles!r}
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
-                raise HubStartError(
-                    f"jupyterhub exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
+                message = f"jupyterhub exited with {self.proc.returncode}:\n{self.log_tail()}"
+                await self.close()
+                raise HubStartError(message)
             try:
                 status, _ = await self.api("GET", "/", token=None)
                 if status == 200:
                     break
-            except aiohttp.ClientError:
-                pass
+            except (aiohttp.ClientError, OSError, HubError):
+                pass  # not listening yet, or (internal_ssl) its certificates not written yet
             if time.monotonic() > deadline:
-                await self.stop()
-                raise HubStartError(f"jupyterhub did not answer in time:\n{self.log_tail()}")
+                tail = self.log_tail()
+                await self.close()
+                raise HubStartError(f"jupyterhub did not answer in time:\n{tail}")
             await asyncio.sleep(0.2)
         status, _ = await self.api("POST", f"/users/{TOKEN_OWNER}", body={"admin": True})
         if status not in (201, 409):
@@ -298,7 +313,9 @@ c.JupyterHub.load_roles = {roles!r}
     async def stop(self, kill: bool = False) -> None:
         """Stop the Hub (SIGTERM, or SIGKILL with ``kill``: a crash, the database kept)."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
+            # The Hub leads its own process group, with the proxy (and local servers) in it:
+            # signal the group even when the Hub itself already exited.
             try:
                 os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
             except ProcessLookupError:
@@ -310,9 +327,12 @@ c.JupyterHub.load_roles = {roles!r}
             else:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if kill:
-            # The proxy was the Hub's child in its own session: it went with the group.
-            pass
+            if not kill:
+                # Whatever the Hub left behind in its group (a proxy it failed to stop).
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -342,7 +362,12 @@ c.JupyterHub.load_roles = {roles!r}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50))
+            ssl_context: Any = True
+            if self.internal_ssl:
+                ssl_context = make_internal_ssl_context(str(self.internal_certs))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=50, ssl=ssl_context)
+            )
         return self._session
 
     async def api(
