@@ -12,6 +12,7 @@ Exit codes: 0 done, 1 a pass failed, 2 bad configuration or credentials.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -34,6 +35,9 @@ from .policy import MAX_SECONDS, Rules
 
 DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
 EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
+# After SIGTERM, how long requests in flight may take before they are abandoned:
+# well inside the 10 s a Hub (or Kubernetes) gives a service before killing it.
+SHUTDOWN_GRACE = 8.0
 
 
 class UsageError(Exception):
@@ -578,20 +582,25 @@ class HubCull(IdleCuller):
                 page_size=self.api_page_size,
                 workers=self.concurrency or 50,
                 stop_wait=self.stop_wait,
+                verify_stops=self.once,
                 log=self.log,
                 emit=self._emit,
             )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig, culler)
             if self.once or self.dry_run:
-                report = await culler.run_pass()
-                return EXIT_OK if report.ok else EXIT_PASS_FAILED
+                report = await self._bounded(culler.run_pass(), culler)
+                if culler.stopping.is_set():
+                    return EXIT_OK
+                return EXIT_OK if report is not None and report.ok else EXIT_PASS_FAILED
             return await self._run_forever(culler)
 
     def _emit(self, line: str) -> None:
         print(line, flush=True)
 
     def _warn_plain_http(self, hub: HubClient) -> None:
-        host = hub.hub_host
-        if hub.api_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+        if hub.api_url.startswith("http://") and not is_loopback(hub.hub_host):
             self.log.warning(
                 "The Hub API URL %s is plain http to a non-loopback host: the API token "
                 "crosses the network unencrypted",
@@ -600,32 +609,54 @@ class HubCull(IdleCuller):
 
     async def _run_forever(self, culler: Culler) -> int:
         every = self.cull_every or max(1, self.timeout // 2)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig, stop)
         self.log.info(
             "Culling servers idle for %ss%s, a full pass every %ss",
             self.timeout,
             f" or older than {self.max_age}s" if self.max_age else "",
             every,
         )
-        task = asyncio.create_task(run_periodically(culler.run_pass, every, stop, self.log))
-        await stop.wait()
-        # Let the pass under way finish its requests in flight, within a bound.
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=8)
-        except asyncio.TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._bounded(
+            run_periodically(culler.run_pass, every, culler.stopping, self.log), culler
+        )
         self.log.info("Stopped")
         return EXIT_OK
 
-    def _on_signal(self, sig: signal.Signals, stop: asyncio.Event) -> None:
-        if stop.is_set():
+    async def _bounded(self, work: Any, culler: Culler) -> Any:
+        """Run until done; after a stop signal, give what is under way SHUTDOWN_GRACE seconds."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(culler.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                # New work stops at once (no new page, no new user); requests in flight
+                # and the users being handled get a bounded time to finish.
+                done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_GRACE)
+                if not done:
+                    self.log.warning(
+                        "Abandoning requests still in flight after %ss", SHUTDOWN_GRACE
+                    )
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    return None
+            return task.result()
+        finally:
+            stop.cancel()
+
+    def _on_signal(self, sig: signal.Signals, culler: Culler) -> None:
+        if culler.stopping.is_set():
             return
         self.log.info("Received %s, finishing up", signal.Signals(sig).name)
-        stop.set()
+        culler.stopping.set()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address stays on this machine (for the plain-http warning)."""
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _TRAIT_MESSAGE = re.compile(

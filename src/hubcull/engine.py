@@ -25,8 +25,17 @@ from typing import Any
 
 from .hub import HubAPIError, HubClient, HubError, Identity, StopOutcome, scope_granted
 from .model import ModelError, Server, User, parse_user
-from .paging import BackwardWalk
-from .policy import Action, Rules, Verdict, arbiter_applies, decide_server, decide_user
+from .paging import BackwardWalk, WalkError
+from .policy import (
+    Action,
+    Rules,
+    Verdict,
+    arbiter_applies,
+    decide_server,
+    decide_user,
+    format_duration,
+)
+from .stops import Sighting, StopLedger, StopRecord
 
 Clock = Callable[[], datetime]
 Arbiter = Callable[..., Any]
@@ -123,6 +132,7 @@ class PassReport:
     servers_listed: int = 0
     servers_stopped: int = 0  # confirmed stopped (or would be, in a dry run)
     servers_stopping: int = 0  # asked to stop, not yet confirmed when the pass ended
+    stops_repeated: int = 0  # stops the Hub accepted without effect, sent again
     users_deleted: int = 0
     records_skipped: int = 0  # records the Hub sent that could not be read
     errors: list[str] = field(default_factory=list)
@@ -146,6 +156,8 @@ class PassReport:
         ]
         if self.servers_stopping:
             parts.append(f"{self.servers_stopping} still stopping")
+        if self.stops_repeated:
+            parts.append(f"{self.stops_repeated} stops repeated after a silent failure")
         if self.users_deleted:
             parts.append(
                 f"{'would delete' if self.dry_run else 'deleted'} {self.users_deleted} users"
@@ -176,6 +188,8 @@ class Culler:
         workers: int = 10,
         stop_wait: float = 60.0,
         poll_interval: float = 1.0,
+        verify_stops: bool = False,
+        max_stop_attempts: int = 3,
         clock: Clock = utcnow,
         log: logging.Logger | None = None,
         emit: Callable[[str], None] | None = None,
@@ -191,21 +205,30 @@ class Culler:
         self.clock = clock
         self.log = log or logging.getLogger("hubcull")
         self.emit = emit or print
+        # With --once there is no next pass to notice a lost stop: check before exiting.
+        self.verify_stops = verify_stops
+        self.ledger = StopLedger(max_attempts=max_stop_attempts, stuck_after=max(stop_wait, 60))
         self._list_hints: dict[str, int] = {}
         self._inflight: set[str] = set()
         self._arbiter_failed: set[str] = set()
+        # Set on SIGTERM: no new page, no new user; what is under way finishes.
+        self.stopping = asyncio.Event()
 
     async def run_pass(self) -> PassReport:
         report = PassReport(started=self.clock(), dry_run=self.dry_run)
         requests_before = self.hub.stats.total
+        self.ledger.begin_pass()
         try:
             if self.rules.cull_users:
                 # Users without any active server first: nothing we do in this part
                 # adds anyone to that list while we walk it.
                 await self._walk("inactive", report)
             await self._walk("active", report)
-            report.complete = True
-        except HubError as e:
+            report.complete = not self.stopping.is_set()
+            self.ledger.end_pass(report.complete)
+            if self.verify_stops and not self.dry_run:
+                await self._verify_ledger(report)
+        except (HubError, WalkError) as e:
             report.errors.append(str(e))
             self.log.error("Pass stopped early: %s", e)
         finally:
@@ -223,7 +246,7 @@ class Culler:
             asyncio.create_task(self._serve(queue, walk, report)) for _ in range(self.workers)
         ]
         try:
-            while (req := walk.next_request()) is not None:
+            while (req := walk.next_request()) is not None and not self.stopping.is_set():
                 limit = req.limit if (self.page_size or walk.limit) else None
                 page = await self.hub.list_users_page(state, req.offset, limit or req.limit)
                 names = [
@@ -238,7 +261,7 @@ class Culler:
                         continue
                     self._inflight.add(user.name)
                     await queue.put(user)
-            await queue.join()
+            await self._drain(queue)
         finally:
             for w in workers:
                 w.cancel()
@@ -254,6 +277,21 @@ class Culler:
                 state,
                 walk.unconfirmed,
             )
+
+    async def _drain(self, queue: asyncio.Queue[User]) -> None:
+        """Wait for the queue; on shutdown, drop the users nobody has started on."""
+        join = asyncio.ensure_future(queue.join())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({join, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not join.done():
+                while not queue.empty():
+                    queue.get_nowait()
+                    queue.task_done()
+                await join
+        finally:
+            stop.cancel()
+            join.cancel()
 
     def _read_record(self, raw: Any, report: PassReport) -> User | None:
         try:
@@ -292,6 +330,7 @@ class Culler:
         now = self.clock()
         due: list[tuple[Server, Verdict]] = []
         for server in user.servers.values():
+            self._review_stop(user, server, now, report)
             arbiter_says = await self._ask_arbiter(user, server, now)
             v = decide_server(user, server, now, self.rules, arbiter_says)
             if v.culls:
@@ -335,29 +374,25 @@ class Culler:
             return False
 
     async def _stop(self, user: User, server: Server, v: Verdict, report: PassReport) -> bool:
-        """Stop one server; True once the Hub confirms it stopped (or it is gone)."""
+        """Stop one server; True once it is stopped as far as the Hub says (or gone)."""
         if self.dry_run:
             self.emit(f"would {v.describe()}")
             report.servers_stopped += 1
             return True
         self.log.info("Culling: %s [%s]", v.describe(), v.rule)
-        try:
-            outcome = await self.hub.stop_server(
-                user.name, server.name, remove=v.action is Action.REMOVE
-            )
-        except HubAPIError as e:
-            report.errors.append(f"{v.subject}: {e}")
-            self.log.error("Could not stop %s: %s", v.subject, e)
+        outcome = await self._send_stop(user.name, server.name, v.action is Action.REMOVE, report)
+        if outcome is None:
             return False
+        if outcome is StopOutcome.GONE:
+            self.log.info("%s was already gone", v.subject)
+            self.ledger.forget(user.name, server.name)
+            return True
         if outcome is StopOutcome.STOPPED:
             report.servers_stopped += 1
             return True
-        if outcome is StopOutcome.GONE:
-            self.log.info("%s was already gone", v.subject)
-            return True
         # 202: the Hub's slow_stop_timeout passed; follow it up ourselves.
         self.log.warning("%s is slow to stop; following up", v.subject)
-        if await self._await_stopped(user.name, server.name):
+        if await self._confirm(user.name, server.name, report):
             report.servers_stopped += 1
             return True
         report.servers_stopping += 1
@@ -368,25 +403,103 @@ class Culler:
         )
         return False
 
-    async def _await_stopped(self, user: str, server: str) -> bool:
+    async def _send_stop(
+        self, user: str, server: str, remove: bool, report: PassReport
+    ) -> StopOutcome | None:
+        try:
+            outcome = await self.hub.stop_server(user, server, remove=remove)
+        except HubAPIError as e:
+            report.errors.append(f"{user}/{server}: {e}")
+            self.log.error("Could not stop %s/%s: %s", user, server, e)
+            return None
+        if outcome is not StopOutcome.GONE:
+            self.ledger.record(user, server, remove, self.clock())
+        return outcome
+
+    def _review_stop(self, user: User, server: Server, now: datetime, report: PassReport) -> None:
+        """A server we stopped before is listed again: did that stop work?"""
+        rec = self.ledger.get(user.name, server.name)
+        if rec is None:
+            return
+        self.ledger.mark_seen(user.name, server.name)
+        sighting = self.ledger.judge(rec, server, now)
+        if sighting is Sighting.RESTARTED:
+            self.ledger.forget(user.name, server.name)
+        elif sighting is Sighting.STUCK:
+            rec.stuck_reported = True
+            report.errors.append(f"{rec.subject}: stuck stopping")
+            self.log.error(
+                "%s has been stopping for %s since we asked: the spawner may be unable to "
+                "stop it; an operator should look",
+                rec.subject,
+                format_duration(now - rec.first_at),
+            )
+        elif sighting is Sighting.FAILED:
+            self._report_lost_stop(rec, now, report)
+
+    def _report_lost_stop(self, rec: StopRecord, now: datetime, report: PassReport) -> None:
+        report.stops_repeated += 1
+        ago = format_duration(now - rec.last_at)
+        if self.ledger.exhausted(rec):
+            report.errors.append(f"{rec.subject}: stopped {rec.attempts} times without effect")
+            self.log.error(
+                "%s is still running %s after the Hub accepted its stop, %d times now: an "
+                "operator should look at it (the spawner may have lost it)",
+                rec.subject,
+                ago,
+                rec.attempts,
+            )
+        else:
+            self.log.error(
+                "%s is still running %s after the Hub accepted its stop: the stop was lost; "
+                "stopping it again (attempt %d of %d)",
+                rec.subject,
+                ago,
+                rec.attempts + 1,
+                self.ledger.max_attempts,
+            )
+
+    async def _confirm(self, user: str, server: str, report: PassReport) -> bool:
+        """Look again until the Hub no longer lists the server; resend a stop that was lost."""
         deadline = time.monotonic() + self.stop_wait
         while True:
-            if await self._server_gone(user, server):
+            rec = self.ledger.get(user, server)
+            if rec is None:
                 return True
-            if time.monotonic() >= deadline:
+            raw = await self.hub.get_user(user)
+            readable = True
+            listed: Server | None = None
+            if raw is not None:
+                try:
+                    listed = parse_user(raw).servers.get(server)
+                except ModelError as e:
+                    readable = False  # never judge on what we cannot read: look again
+                    self.log.warning("Cannot read %s while confirming a stop: %s", user, e)
+            if readable:
+                sighting = self.ledger.judge(rec, listed, self.clock())
+                if sighting in (Sighting.GONE, Sighting.RESTARTED):
+                    self.ledger.forget(user, server)
+                    return True
+                if sighting is Sighting.FAILED:
+                    self._report_lost_stop(rec, self.clock(), report)
+                    if self.ledger.exhausted(rec):
+                        return False
+                    if await self._send_stop(user, server, rec.remove, report) is None:
+                        return False
+            if time.monotonic() >= deadline or self.stopping.is_set():
                 return False
             await asyncio.sleep(self.poll_interval)
 
-    async def _server_gone(self, user: str, server: str) -> bool:
-        raw = await self.hub.get_user(user)
-        if raw is None:
-            return True
-        try:
-            fresh = parse_user(raw)
-        except ModelError as e:
-            self.log.warning("Cannot read %s while confirming a stop: %s", user, e)
-            return False
-        return server not in fresh.servers
+    async def _verify_ledger(self, report: PassReport) -> None:
+        """With --once: confirm every stop of this pass before saying the pass is done."""
+        records = self.ledger.records()
+        if not records:
+            return
+        results = await asyncio.gather(*(self._confirm(r.user, r.server, report) for r in records))
+        unconfirmed = [r.subject for r, ok in zip(records, results, strict=True) if not ok]
+        for subject in unconfirmed:
+            report.errors.append(f"{subject}: stop not confirmed")
+            self.log.error("%s: stop not confirmed within %.0fs", subject, self.stop_wait)
 
     async def _delete_user(
         self, user: User, v: Verdict, had_servers: bool, report: PassReport
@@ -443,6 +556,8 @@ async def run_periodically(
         started = time.monotonic()
         try:
             await run_pass()
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("Pass failed unexpectedly; the next one runs on schedule")
         delay = max(0.0, every - (time.monotonic() - started))

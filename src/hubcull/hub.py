@@ -10,15 +10,18 @@ the Hub's own message, never from the request object (whose headers hold it).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import enum
 import json
 import logging
 import os
+import random
 import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -174,6 +177,37 @@ def _safe_cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: spread retries out, never in lockstep."""
+
+    retries: int = 3  # attempts after the first
+    base: float = 0.5  # seconds before the first retry, at most
+    cap: float = 8.0  # longest pause between two attempts, unless the Hub asks for more
+    max_retry_after: float = 120.0  # longest Retry-After we honour
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        return rng.uniform(0, min(self.cap, self.base * (2**attempt)))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
 def _hub_message(body: bytes) -> str:
     try:
         data = json.loads(body)
@@ -190,6 +224,7 @@ class RequestStats:
     """Counts of requests by kind, for reports and benchmarks."""
 
     by_kind: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
 
     @property
     def total(self) -> int:
@@ -208,6 +243,7 @@ class HubClient:
         request_timeout: float = 60,
         ssl_context: ssl.SSLContext | None = None,
         log: logging.Logger | None = None,
+        retry: RetryPolicy | None = None,
     ):
         self.api_url = api_url.rstrip("/")
         self.token = token
@@ -217,6 +253,9 @@ class HubClient:
         self._sem = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         self._session: aiohttp.ClientSession | None = None
         self.stats = RequestStats()
+        self.retry = retry or RetryPolicy()
+        self._rng = random.Random()
+        self._unreachable_since: float | None = None
         self.on_request: Callable[[str, str, int | None, float], None] | None = None
 
     @property
@@ -262,7 +301,55 @@ class HubClient:
         accept: str = "application/json",
         kind: str | None = None,
     ) -> tuple[int, bytes]:
-        """One HTTP request; returns (status, body) for 2xx and 404, raises otherwise."""
+        """One logical request, retried on transport errors, 5xx and 429.
+
+        Returns (status, body) for 2xx and 404 and raises a :class:`HubError` otherwise.
+        Every request hubcull makes is safe to repeat: GETs, and DELETEs, which the Hub
+        answers 204 (server) or 404 (user) when the first one already took effect.
+        """
+        shown = path if not params else f"{path}?{urlencode(params)}"
+        attempt = 0
+        while True:
+            try:
+                status, payload, retry_after = await self._send(
+                    method, path, params, body, auth, accept, kind, shown
+                )
+            except HubUnreachable as e:
+                self._lost_contact(e)
+                if attempt >= self.retry.retries:
+                    raise
+                delay = self.retry.delay(attempt, self._rng)
+                self.log.debug("%s %s: %s; retrying in %.1fs", method, shown, e.cause, delay)
+            else:
+                self._regained_contact()
+                if not (status >= 500 or status == 429) or attempt >= self.retry.retries:
+                    break
+                delay = self.retry.delay(attempt, self._rng, retry_after)
+                self.log.debug("%s %s -> %s; retrying in %.1fs", method, shown, status, delay)
+            attempt += 1
+            self.stats.retries += 1
+            await asyncio.sleep(delay)
+        if 200 <= status < 300 or status == 404:
+            return status, payload
+        message = _hub_message(payload)
+        if status == 403 and "invalid credentials" in message.lower():
+            raise TokenRejected(method, shown, status, message)
+        if status == 403 and "scope" in message.lower():
+            raise ScopeDenied(method, shown, status, message)
+        raise HubAPIError(method, shown, status, message)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        body: Any,
+        auth: bool,
+        accept: str,
+        kind: str | None,
+        shown: str,
+    ) -> tuple[int, bytes, float | None]:
+        """One attempt: (status, body, Retry-After seconds or None), or HubUnreachable."""
         url = self.url(path, params)
         headers = {"Accept": accept}
         if auth:
@@ -271,7 +358,6 @@ class HubClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        shown = path if not params else f"{path}?{urlencode(params)}"
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         self.stats.by_kind[kind or method] += 1
         start = time.monotonic()
@@ -285,6 +371,7 @@ class HubClient:
                 ) as resp:
                     status = resp.status
                     payload = await resp.read()
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
             finally:
                 if self._sem is not None:
                     self._sem.release()
@@ -301,14 +388,25 @@ class HubClient:
             if self.on_request is not None:
                 self.on_request(method, path, status, elapsed)
         self.log.debug("%s %s -> %s (%.0f ms)", method, shown, status, elapsed * 1000)
-        if 200 <= status < 300 or status == 404:
-            return status, payload
-        message = _hub_message(payload)
-        if status == 403 and "invalid credentials" in message.lower():
-            raise TokenRejected(method, shown, status, message)
-        if status == 403 and "scope" in message.lower():
-            raise ScopeDenied(method, shown, status, message)
-        raise HubAPIError(method, shown, status, message)
+        return status, payload, retry_after
+
+    def _lost_contact(self, error: HubUnreachable) -> None:
+        """Say once that the Hub is gone, not once per request."""
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            self.log.warning("%s; retrying, and saying so when it answers again", error)
+
+    def _regained_contact(self) -> None:
+        if self._unreachable_since is not None:
+            gone = time.monotonic() - self._unreachable_since
+            self._unreachable_since = None
+            self.log.warning(
+                "The Hub at %s answers again (unreachable for %.0fs)", self.api_url, gone
+            )
+
+    @property
+    def reachable(self) -> bool:
+        return self._unreachable_since is None
 
     async def get_json(self, path: str, **kwargs: Any) -> Any:
         status, payload = await self.request("GET", path, **kwargs)

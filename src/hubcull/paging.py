@@ -27,6 +27,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# No pass reads more pages than this, whatever total the Hub claims (4 million users
+# at 200 per page): a Hub that claims an absurd total cannot hold a pass forever.
+MAX_PAGES = 20_000
+
+
+class WalkError(Exception):
+    """The list cannot be walked to its start: the Hub keeps answering as if it never ends."""
+
 
 @dataclass(frozen=True, slots=True)
 class PageRequest:
@@ -58,12 +66,13 @@ class BackwardWalk:
         self.climbs = 0  # pages re-read because the list shifted under us
         self.unconfirmed = 0  # pages accepted without a landmark after max_climbs
         self.total_seen: int | None = None
+        self._budget: int | None = None
 
     @property
     def overlap(self) -> int:
         """Places each page shares with the previous one: enough to find a landmark."""
         limit = self.limit or self.page_size
-        return 0 if limit < 2 else max(1, limit // 20)
+        return 0 if limit < 2 else max(1, limit // 50)
 
     @property
     def done(self) -> bool:
@@ -101,15 +110,27 @@ class BackwardWalk:
         """Judge one reply; returns the indices (into ``names``) to process now."""
         self.requests += 1
         self.limit = max(1, int(limit))
-        self.total_seen = int(total)
+        self.total_seen = max(0, int(total))
         limit = self.limit
         full = len(names) >= limit
         step = limit - self.overlap
+        if self._budget is None:
+            # A generous bound from the first answer: three times the pages the list
+            # needed then, plus room for every climb (themselves bounded by max_climbs).
+            # A Hub that answers as if its list never ends stops here.
+            self._budget = min(3 * (self.total_seen // max(step, 1) + 1) + 20, MAX_PAGES)
+        if self.requests > self._budget + 3 * self.climbs:
+            self._next = None
+            raise WalkError(
+                f"the user list did not end after {self.requests} pages "
+                f"(the Hub said {self.total_seen} users at first)"
+            )
 
         if not self._found_top:
-            if not names and req.offset > 0 and total > 0:
+            aim = max(0, total - step)
+            if not names and req.offset > 0 and aim != req.offset:
                 # We started past the end (the list shrank since last time): aim again.
-                self._next = PageRequest(max(0, total - step), limit)
+                self._next = PageRequest(aim, limit)
                 return []
             if not full:
                 # A short page holds the end of the list: the walk starts here.

@@ -77,8 +77,9 @@ async def test_failed_passes_do_not_end_the_long_running_process(clean_hub: Loca
     hub = clean_hub
     await hub.start_servers([ServerSpec("later", last_activity=ago(7200))])
     async with FaultProxy(f"http://127.0.0.1:{hub.hub_port}") as proxy:
-        # The first two listings fail: two passes fail, the third culls.
-        proxy.add_rule(FaultRule("status", method="GET", path=r"/users\?", status=500, times=2))
+        # The first two listings fail even after their retries (4 attempts each):
+        # two passes fail, the third culls.
+        proxy.add_rule(FaultRule("status", method="GET", path=r"/users\?", status=500, times=8))
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
         env["JUPYTERHUB_API_TOKEN"] = hub.token("hubcull")
         proc = await asyncio.create_subprocess_exec(

@@ -12,10 +12,11 @@ import bisect
 import random
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubcull.paging import BackwardWalk, PageRequest
+from hubcull.paging import BackwardWalk, PageRequest, WalkError
 
 
 @dataclass
@@ -179,3 +180,15 @@ def test_every_user_that_stays_listed_is_read(
     processed, _, stayed = walk_all(live, page_size, rng, cull_fraction, churn, hint, burst)
     missing = stayed - processed
     assert not missing, f"skipped {sorted(missing)[:10]}"
+
+
+def test_a_list_that_never_ends_is_refused() -> None:
+    """A hostile or broken Hub that always answers a full page cannot hold a pass forever."""
+    walk = BackwardWalk(50)
+    with pytest.raises(WalkError, match="did not end after"):
+        for _ in range(10_000):
+            req = walk.next_request()
+            assert req is not None
+            names = [f"x{req.offset + i}" for i in range(50)]
+            walk.feed(req, 50, 100, names)
+    assert walk.requests < 100
