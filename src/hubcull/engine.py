@@ -438,7 +438,6 @@ class Culler:
             self._report_lost_stop(rec, now, report)
 
     def _report_lost_stop(self, rec: StopRecord, now: datetime, report: PassReport) -> None:
-        report.stops_repeated += 1
         ago = format_duration(now - rec.last_at)
         if self.ledger.exhausted(rec):
             report.errors.append(f"{rec.subject}: stopped {rec.attempts} times without effect")
@@ -450,6 +449,7 @@ class Culler:
                 rec.attempts,
             )
         else:
+            report.stops_repeated += 1
             self.log.error(
                 "%s is still running %s after the Hub accepted its stop: the stop was lost; "
                 "stopping it again (attempt %d of %d)",
@@ -497,6 +497,8 @@ class Culler:
             return
         results = await asyncio.gather(*(self._confirm(r.user, r.server, report) for r in records))
         unconfirmed = [r.subject for r, ok in zip(records, results, strict=True) if not ok]
+        report.servers_stopped -= len(unconfirmed)
+        report.servers_stopping += len(unconfirmed)
         for subject in unconfirmed:
             report.errors.append(f"{subject}: stop not confirmed")
             self.log.error("%s: stop not confirmed within %.0fs", subject, self.stop_wait)

@@ -88,6 +88,7 @@ class ServerSpec:
     spawn_delay: float = 0
     stop_delay: float = 0
     stop_hangs: bool = False
+    ignore_stops: int = 0  # the first N stops are lost (the Hub answers 204, it runs on)
     status: Mapping[str, Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -105,6 +106,8 @@ class ServerSpec:
             opts["stop_delay"] = self.stop_delay
         if self.stop_hangs:
             opts["stop_hangs"] = True
+        if self.ignore_stops:
+            opts["ignore_stops"] = self.ignore_stops
         if self.status is not None:
             opts["status"] = dict(self.status)
         return opts
@@ -222,6 +225,7 @@ class LocalHub:
         if self.spawner == "sim":
             spawner_config = (
                 'c.JupyterHub.spawner_class = "hubcull.testing.spawner.SimSpawner"\n'
+                'c.JupyterHub.proxy_class = "hubcull.testing.spawner.SimProxy"\n'
                 f"c.SimSpawner.stub_port = {self.stub_port}\n"
                 "c.JupyterHub.cleanup_servers = False\n"
             )

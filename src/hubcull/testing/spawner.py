@@ -13,6 +13,9 @@ cannot do through the API, the spawner does from ``user_options``:
 - ``stop_delay``: seconds ``stop()`` takes (202 answers when above the Hub's
   ``slow_stop_timeout``);
 - ``stop_hangs``: ``stop()`` never returns, like a spawner that lost its backend;
+- ``ignore_stops``: the first N stops are lost: with :class:`SimProxy` as the Hub's
+  proxy class, removing the route fails, which JupyterHub swallows; it answers 204
+  and the server keeps running (the silent failure of jupyterhub-idle-culler#77);
 - ``status``: a JSON object the stub serves as ``/api/status`` and ``/api/kernels``
   under the server's URL, for probes of simulated servers.
 
@@ -27,6 +30,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from jupyterhub.proxy import ConfigurableHTTPProxy
 from jupyterhub.spawner import Spawner
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -159,3 +163,23 @@ class SimSpawner(Spawner):
             await asyncio.sleep(delay)
         _stub_status.pop(self._prefix().rstrip("/"), None)
         self._sim_running = False
+
+
+_lost_stops: dict[str, int] = {}
+
+
+class SimProxy(ConfigurableHTTPProxy):
+    """The real proxy, except that it can be told to fail a server's first N route removals.
+
+    JupyterHub removes the route before it stops a server, and when that fails it logs
+    nothing, skips the stop and answers the API 204: the server runs on, looking fine.
+    """
+
+    async def delete_user(self, user: Any, server_name: str = "") -> None:
+        spawner = user.spawners.get(server_name)
+        lose = int(((spawner.user_options if spawner else None) or {}).get("ignore_stops") or 0)
+        key = f"{user.name}/{server_name}"
+        if _lost_stops.get(key, 0) < lose:
+            _lost_stops[key] = _lost_stops.get(key, 0) + 1
+            raise RuntimeError(f"simulated: could not remove the route of {key}")
+        await super().delete_user(user, server_name)
