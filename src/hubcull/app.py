@@ -28,10 +28,11 @@ from traitlets.config import Application, ArgumentError
 from traitlets.config.loader import ConfigFileNotFound, KVArgParseConfigLoader
 
 from . import __version__
-from .engine import Culler, PassReport, StartupError, preflight, run_periodically
-from .hub import HubClient, HubError, TokenSource, make_internal_ssl_context
+from .activity import ProbeError, Prober
+from .engine import Culler, PassReport, StartupError, preflight, run_periodically, utcnow
+from .hub import HubClient, HubError, HubUnreachable, TokenSource, make_internal_ssl_context
 from .logsafe import RedactSecrets
-from .policy import MAX_SECONDS, Rules
+from .policy import MAX_SECONDS, ProbeRules, Rules
 
 DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
 EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -352,6 +353,58 @@ class HubCull(IdleCuller):
         ),
     ).tag(config=True)
 
+    check_kernels = Bool(
+        False,
+        help=_help(
+            """
+            Before culling a server the Hub finds idle, ask the server itself (through
+            the proxy, with this service's token; needs the access:servers scope): a busy
+            kernel, or any activity the Hub has not seen yet (kernel messages, terminals,
+            API calls), keeps it alive. Only servers the Hub finds due are asked, never
+            the whole fleet, and asking never counts as activity. A server that cannot
+            be asked is judged on the Hub's view, with one warning.
+            """
+        ),
+    ).tag(config=True)
+
+    busy_timeout = Int(
+        86400,
+        help=_help(
+            """
+            With check_kernels: the longest, in seconds, a busy kernel with no other
+            activity keeps a server alive, so a runaway loop cannot hold a GPU forever.
+            0: no limit. max_age still applies on top.
+            """
+        ),
+    ).tag(config=True)
+
+    probe_timeout = Float(
+        10.0,
+        help="With check_kernels: timeout, in seconds, of each request to a server.",
+    ).tag(config=True)
+
+    proxy_url = Unicode(
+        "",
+        help=_help(
+            """
+            With check_kernels: the proxy's URL, through which single-user servers are
+            reached (e.g. http://proxy-public in zero-to-jupyterhub, or the Hub's public
+            URL). Default: each server's full_url, known when JupyterHub.public_url is set.
+            """
+        ),
+    ).tag(config=True)
+
+    cpu_threshold = Float(
+        0.0,
+        help=_help(
+            """
+            With check_kernels and the jupyter-resource-usage extension in the servers
+            (with CPU tracking on): CPU use, in percent, at or above which a server counts
+            as in use. 0: off.
+            """
+        ),
+    ).tag(config=True)
+
     @default("request_timeout")
     def _request_timeout_default(self) -> float:
         raw = os.environ.get("JUPYTERHUB_REQUEST_TIMEOUT")
@@ -364,7 +417,23 @@ class HubCull(IdleCuller):
                 return value
         return 60.0
 
-    @validate("stop_wait", "request_timeout")
+    @validate("busy_timeout")
+    def _check_busy_timeout(self, proposal: Any) -> int:
+        if not 0 <= proposal.value <= MAX_SECONDS:
+            raise TraitError(
+                f"--busy-timeout must be 0 (no limit) or positive, not {proposal.value}"
+            )
+        return proposal.value
+
+    @validate("cpu_threshold")
+    def _check_cpu(self, proposal: Any) -> float:
+        if proposal.value < 0:
+            raise TraitError(
+                f"--cpu-threshold must be 0 (off) or a percentage, not {proposal.value}"
+            )
+        return proposal.value
+
+    @validate("stop_wait", "request_timeout", "probe_timeout")
     def _check_positive_float(self, proposal: Any) -> float:
         if proposal.value <= 0:
             flag = proposal.trait.name.replace("_", "-")
@@ -377,6 +446,10 @@ class HubCull(IdleCuller):
         "api-token-file": "HubCull.api_token_file",
         "stop-wait": "HubCull.stop_wait",
         "request-timeout": "HubCull.request_timeout",
+        "busy-timeout": "HubCull.busy_timeout",
+        "probe-timeout": "HubCull.probe_timeout",
+        "proxy-url": "HubCull.proxy_url",
+        "cpu-threshold": "HubCull.cpu_threshold",
         "log-level": "Application.log_level",
     }
     # A flag and an alias of the same name: "--cull-users" alone means True,
@@ -393,6 +466,10 @@ class HubCull(IdleCuller):
         "generate-config": ({"IdleCuller": {"generate_config": True}}, "Print a full config file."),
         "once": ({"HubCull": {"once": True}}, "Run one pass, then exit."),
         "dry-run": ({"HubCull": {"dry_run": True}}, "Print what would be culled; stop nothing."),
+        "check-kernels": (
+            {"HubCull": {"check_kernels": True}},
+            "Ask servers the Hub finds idle for their own view (busy kernels, terminals).",
+        ),
         "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log at DEBUG level."),
     }
 
@@ -567,7 +644,7 @@ class HubCull(IdleCuller):
         self._warn_plain_http(hub)
         async with hub:
             try:
-                await preflight(hub, self.rules(), self.log)
+                await preflight(hub, self.rules(), self.log, check_kernels=self.check_kernels)
             except StartupError as e:
                 first, *rest = str(e).splitlines()
                 self.log.critical("%s", first)
@@ -583,6 +660,11 @@ class HubCull(IdleCuller):
                 workers=self.concurrency or 50,
                 stop_wait=self.stop_wait,
                 verify_stops=self.once,
+                prober=self._prober(hub),
+                probe_rules=ProbeRules(
+                    busy_timeout=self.busy_timeout,
+                    cpu_threshold=self.cpu_threshold or None,
+                ),
                 log=self.log,
                 emit=self._emit,
             )
@@ -595,6 +677,25 @@ class HubCull(IdleCuller):
                     return EXIT_OK
                 return EXIT_OK if report is not None and report.ok else EXIT_PASS_FAILED
             return await self._run_forever(culler)
+
+    def _prober(self, hub: HubClient) -> Prober | None:
+        if not self.check_kernels:
+            return None
+        if not self.proxy_url:
+            self.log.warning(
+                "--check-kernels without --proxy-url: servers are reached at their full_url, "
+                "which the Hub knows only when JupyterHub.public_url is set"
+            )
+
+        async def fetch(url: str) -> tuple[int, bytes]:
+            try:
+                return await hub.probe_get(url, self.probe_timeout)
+            except HubUnreachable as e:
+                raise ProbeError(e.cause) from None
+
+        return Prober(
+            fetch, utcnow, proxy_url=self.proxy_url, resource_usage=bool(self.cpu_threshold)
+        )
 
     def _emit(self, line: str) -> None:
         print(line, flush=True)

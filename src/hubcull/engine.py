@@ -19,20 +19,29 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from .activity import (
+    PROBE_STAMP_SLACK,
+    ProbeError,
+    ProbeMemory,
+    Prober,
+    hub_activity_without_our_probes,
+)
 from .hub import HubAPIError, HubClient, HubError, Identity, StopOutcome, scope_granted
 from .model import ModelError, Server, User, parse_user
 from .paging import BackwardWalk, WalkError
 from .policy import (
     Action,
+    ProbeRules,
     Rules,
     Verdict,
     arbiter_applies,
     decide_server,
     decide_user,
+    decide_with_evidence,
     format_duration,
 )
 from .stops import Sighting, StopLedger, StopRecord
@@ -52,7 +61,7 @@ class StartupError(Exception):
     """A start-up check failed: the first line is the error, more lines may say how to fix it."""
 
 
-def required_scopes(rules: Rules) -> dict[str, str]:
+def required_scopes(rules: Rules, check_kernels: bool = False) -> dict[str, str]:
     """The scopes the configured features need, each with the reason it is needed."""
     needed = {
         "list:users": "list users",
@@ -62,6 +71,8 @@ def required_scopes(rules: Rules) -> dict[str, str]:
     if rules.cull_users:
         needed["read:users"] = "see users' activity, creation time and admin flag"
         needed["delete:users"] = "delete users (--cull-users)"
+    if check_kernels:
+        needed["access:servers"] = "look inside servers (--check-kernels)"
     return needed
 
 
@@ -78,7 +89,9 @@ def role_snippet(service_name: str, scopes: list[str]) -> str:
     )
 
 
-async def preflight(hub: HubClient, rules: Rules, log: logging.Logger) -> Identity:
+async def preflight(
+    hub: HubClient, rules: Rules, log: logging.Logger, check_kernels: bool = False
+) -> Identity:
     """Check reachability, token and scopes before the first pass; fail in words."""
     if not hub.token.present:
         raise StartupError(
@@ -102,7 +115,7 @@ async def preflight(hub: HubClient, rules: Rules, log: logging.Logger) -> Identi
         raise StartupError(f"checking the API token failed: {e}") from None
     except HubError as e:
         raise StartupError(str(e)) from None
-    needed = required_scopes(rules)
+    needed = required_scopes(rules, check_kernels)
     missing = [s for s in needed if not scope_granted(s, me.scopes)]
     if missing:
         what = ", ".join(f"{s} (to {needed[s]})" for s in missing)
@@ -190,6 +203,8 @@ class Culler:
         poll_interval: float = 1.0,
         verify_stops: bool = False,
         max_stop_attempts: int = 3,
+        prober: Prober | None = None,
+        probe_rules: ProbeRules | None = None,
         clock: Clock = utcnow,
         log: logging.Logger | None = None,
         emit: Callable[[str], None] | None = None,
@@ -213,11 +228,18 @@ class Culler:
         self._arbiter_failed: set[str] = set()
         # Set on SIGTERM: no new page, no new user; what is under way finishes.
         self.stopping = asyncio.Event()
+        # --check-kernels: ask due servers for their own view.
+        self.prober = prober
+        self.probe_rules = probe_rules or ProbeRules()
+        self._probe_memory: dict[tuple[str, str], ProbeMemory] = {}
+        self._probe_warned: set[tuple[str, str, datetime | None]] = set()
 
     async def run_pass(self) -> PassReport:
         report = PassReport(started=self.clock(), dry_run=self.dry_run)
         requests_before = self.hub.stats.total
         self.ledger.begin_pass()
+        for memory in self._probe_memory.values():
+            memory.seen = False
         try:
             if self.rules.cull_users:
                 # Users without any active server first: nothing we do in this part
@@ -226,6 +248,8 @@ class Culler:
             await self._walk("active", report)
             report.complete = not self.stopping.is_set()
             self.ledger.end_pass(report.complete)
+            if report.complete:
+                self._probe_memory = {k: m for k, m in self._probe_memory.items() if m.seen}
             if self.verify_stops and not self.dry_run:
                 await self._verify_ledger(report)
         except (HubError, WalkError) as e:
@@ -331,8 +355,11 @@ class Culler:
         due: list[tuple[Server, Verdict]] = []
         for server in user.servers.values():
             self._review_stop(user, server, now, report)
-            arbiter_says = await self._ask_arbiter(user, server, now)
-            v = decide_server(user, server, now, self.rules, arbiter_says)
+            judged = self._without_our_probes(user, server)
+            arbiter_says = await self._ask_arbiter(user, judged, now)
+            v = decide_server(user, judged, now, self.rules, arbiter_says)
+            if v.culls and self.prober is not None and v.rule in ("idle", "arbiter"):
+                v = await self._second_opinion(user, judged, v)
             if v.culls:
                 due.append((server, v))
             else:
@@ -348,6 +375,64 @@ class Culler:
             else:
                 self.log.debug("Not deleting user %s: %s", user.name, uv.reason)
         return acted
+
+    # --- looking inside servers (--check-kernels) --------------------------------
+
+    def _without_our_probes(self, user: User, server: Server) -> Server:
+        """The server as the Hub reports it, minus the activity our own probes caused."""
+        memory = self._probe_memory.get((user.name, server.name))
+        if memory is None:
+            return server
+        memory.seen = True
+        activity = hub_activity_without_our_probes(server, memory)
+        if activity == (server.last_activity or server.started):
+            if activity is not None and activity > memory.probed_at + PROBE_STAMP_SLACK:
+                # Genuine activity since our last look: the user is back.
+                del self._probe_memory[(user.name, server.name)]
+            return server
+        return replace(server, last_activity=activity)
+
+    async def _second_opinion(self, user: User, server: Server, hub_verdict: Verdict) -> Verdict:
+        """The Hub finds the server idle: ask the server before believing it."""
+        assert self.prober is not None
+        key = (user.name, server.name)
+        try:
+            evidence = await self.prober.probe(server)
+        except ProbeError as e:
+            warn_key = (user.name, server.name, server.started)
+            if warn_key not in self._probe_warned:
+                self._probe_warned.add(warn_key)
+                self.log.warning(
+                    "Cannot look inside %s (%s): deciding on the Hub's view alone",
+                    hub_verdict.subject,
+                    e,
+                )
+            return hub_verdict
+        hub_activity = server.last_activity or server.started
+        before = self._probe_memory.get(key)
+        self._probe_memory[key] = ProbeMemory(
+            probed_at=evidence.probed_at,
+            hub_activity_before=before.hub_activity_before if before else hub_activity,
+        )
+        v = decide_with_evidence(
+            user,
+            server,
+            self.clock(),
+            self.rules,
+            self.probe_rules,
+            evidence,
+            hub_activity,
+            by_arbiter=hub_verdict.rule == "arbiter",
+        )
+        if not v.culls:
+            if self.dry_run:
+                self.emit(f"would keep server {v.subject}: {v.reason}")
+            self.log.info(
+                "Keeping %s, idle in the Hub's view: %s [%s]", v.subject, v.reason, v.rule
+            )
+        else:
+            self._probe_memory.pop(key, None)
+        return v
 
     async def _ask_arbiter(self, user: User, server: Server, now: datetime) -> bool | None:
         if self.arbiter is None or not arbiter_applies(server, self.rules):

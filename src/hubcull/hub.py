@@ -390,6 +390,43 @@ class HubClient:
         self.log.debug("%s %s -> %s (%.0f ms)", method, shown, status, elapsed * 1000)
         return status, payload, retry_after
 
+    async def probe_get(self, url: str, timeout: float) -> tuple[int, bytes]:
+        """One GET to a single-user server through the proxy, in the same concurrency limit.
+
+        No retries (an unreadable server falls back to the Hub's view) and no redirects
+        (a redirect means the token was not accepted there).
+        """
+        headers = {"Accept": "application/json", "Authorization": f"token {self.token.get()}"}
+        self.stats.by_kind["probe"] += 1
+        start = time.monotonic()
+        status: int | None = None
+        try:
+            if self._sem is not None:
+                await self._sem.acquire()
+            try:
+                async with self._get_session().get(
+                    URL(url, encoded=True),
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                ) as resp:
+                    status = resp.status
+                    body = await resp.read()
+            finally:
+                if self._sem is not None:
+                    self._sem.release()
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            raise HubTimeout(url, f"timed out after {timeout:g}s") from None
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
+            raise HubUnreachable(url, _safe_cause(e)) from None
+        finally:
+            self.log.debug(
+                "probe GET %s -> %s (%.0f ms)", url, status, (time.monotonic() - start) * 1000
+            )
+        return status, body
+
     def _lost_contact(self, error: HubUnreachable) -> None:
         """Say once that the Hub is gone, not once per request."""
         if self._unreachable_since is None:

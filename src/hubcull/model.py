@@ -186,3 +186,55 @@ def parse_user(obj: Any) -> User:
         servers=servers,
         raw=obj,
     )
+
+
+# --- what a single-user server says about itself (--check-kernels) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class KernelState:
+    name: str
+    execution_state: str
+    last_activity: datetime | None
+    connections: int
+
+    @property
+    def busy(self) -> bool:
+        return self.execution_state == "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one server said about itself when we asked."""
+
+    probed_at: datetime
+    last_activity: datetime | None  # the server's own view (jupyter_server's last_activity())
+    kernels: tuple[KernelState, ...] = ()
+    terminals: tuple[datetime | None, ...] = ()
+    cpu_percent: float | None = None
+
+    @property
+    def busy_kernels(self) -> tuple[KernelState, ...]:
+        return tuple(k for k in self.kernels if k.busy)
+
+    def newest_activity(self) -> datetime | None:
+        times = [self.last_activity, *(k.last_activity for k in self.kernels), *self.terminals]
+        present = [t for t in times if t is not None]
+        return max(present) if present else None
+
+    def describe(self) -> str:
+        """``2 kernels (1 busy), 1 terminal, own activity 3m ago`` style summary."""
+        parts = []
+        if self.kernels:
+            busy = len(self.busy_kernels)
+            parts.append(
+                f"{len(self.kernels)} kernel{'s' if len(self.kernels) != 1 else ''}"
+                + (f" ({busy} busy)" if busy else ", all idle")
+            )
+        else:
+            parts.append("no kernels")
+        if self.terminals:
+            parts.append(f"{len(self.terminals)} terminal{'s' if len(self.terminals) != 1 else ''}")
+        if self.cpu_percent is not None:
+            parts.append(f"CPU {self.cpu_percent:.0f}%")
+        return ", ".join(parts)

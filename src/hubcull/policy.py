@@ -22,7 +22,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .model import Server, User
+from .model import Evidence, Server, User
 
 # The longest timeout or max-age that makes sense (100 years): beyond it, deadlines
 # fall off the calendar (datetime ends in year 9999) and no decision could be made.
@@ -288,3 +288,115 @@ def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -
         inactive=inactive,
         age=age,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRules:
+    """How a server's own evidence weighs (``--check-kernels``)."""
+
+    # Longest a busy kernel with no other activity keeps a server alive; 0: no cap.
+    busy_timeout: float = 86400
+    # CPU use (jupyter-resource-usage) at or above which the server counts as in use; None: off.
+    cpu_threshold: float | None = None
+
+
+def decide_with_evidence(
+    user: User,
+    server: Server,
+    now: datetime,
+    rules: Rules,
+    probe_rules: ProbeRules,
+    evidence: Evidence,
+    hub_activity: datetime | None,
+    by_arbiter: bool = False,
+) -> Verdict:
+    """Decide a server the Hub's view found idle, on what the server itself says.
+
+    One condition, as in jupyter_server's kernel culler: the server is culled when it
+    is idle for the timeout AND no kernel is busy (unless busy past ``busy_timeout``)
+    AND its CPU is under the threshold. Any activity the server knows of that the Hub
+    does not (kernel messages, terminals, API calls) counts.
+    """
+    subject = user.server_label(server.name)
+    action = (
+        Action.REMOVE if (rules.remove_named_servers and not server.is_default) else Action.STOP
+    )
+    seen = evidence.describe()
+    own = evidence.newest_activity()
+    newest = _latest(hub_activity, own)
+    inactive = None if newest is None else now - newest
+    age = None if server.started is None else now - server.started
+
+    def keep(rule: str, reason: str, due_at: datetime | None = None) -> Verdict:
+        return Verdict(Action.KEEP, rule, subject, reason, due_at, inactive, age)
+
+    threshold = probe_rules.cpu_threshold
+    if threshold is not None and evidence.cpu_percent is not None:
+        if evidence.cpu_percent >= threshold:
+            return keep(
+                "cpu", f"in use: CPU {evidence.cpu_percent:.0f}% >= {threshold:g}% ({seen})"
+            )
+    if newest is None:
+        return keep("no-data", f"no activity time from the Hub or the server ({seen})")
+    busy = evidence.busy_kernels
+    if busy:
+        names = ", ".join(sorted({k.name for k in busy}))
+        if not probe_rules.busy_timeout:
+            return keep("busy", f"kernel busy ({names}), no cap on busy kernels ({seen})")
+        cap_at = _deadline(newest, probe_rules.busy_timeout)
+        if cap_at is None or now < cap_at:
+            return keep(
+                "busy",
+                f"kernel busy ({names}), no other activity for {format_duration(inactive)}; "
+                f"kept up to busy-timeout {format_duration(probe_rules.busy_timeout)} ({seen})",
+                cap_at,
+            )
+        return Verdict(
+            action,
+            "busy-timeout",
+            subject,
+            f"kernel busy ({names}) with no other activity for {format_duration(inactive)}: "
+            f"past busy-timeout {format_duration(probe_rules.busy_timeout)} ({seen})",
+            cap_at,
+            inactive,
+            age,
+        )
+    if own is not None and hub_activity is not None and own > hub_activity:
+        newer = f"the server reports activity {format_duration(now - own)} ago"
+    else:
+        newer = ""
+    if by_arbiter:
+        if newer:
+            return keep("active", f"{newer}, after the Hub's view the arbiter judged ({seen})")
+        return Verdict(
+            action,
+            "arbiter",
+            subject,
+            f"idle for {format_duration(inactive)}; cull_arbiter_hook said cull; "
+            f"server confirms ({seen})",
+            now,
+            inactive,
+            age,
+        )
+    due_at = _deadline(newest, rules.timeout)
+    if due_at is None or now < due_at:
+        return keep(
+            "active",
+            f"{newer or 'active'}: idle for {format_duration(inactive)} only ({seen})",
+            due_at,
+        )
+    return Verdict(
+        action,
+        "idle",
+        subject,
+        f"idle for {format_duration(inactive)} (timeout {format_duration(rules.timeout)}); "
+        f"server confirms: {seen}",
+        due_at,
+        inactive,
+        age,
+    )
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    present = [t for t in times if t is not None]
+    return max(present) if present else None
