@@ -101,3 +101,21 @@ async def clean_hub(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def names(specs: Sequence[object]) -> set[tuple[str, str]]:
     return {(s.user, s.name) for s in specs}  # type: ignore[attr-defined]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def start_real(hub: LocalHub, name: str) -> int:
+    """Start a real jupyterhub-singleuser server for a new user; returns its pid."""
+    await hub.create_users([name])
+    status, data = await hub.api("POST", f"/users/{name}/server")
+    assert status in (201, 202), data
+    await hub.wait_for([(name, "")], timeout=90)
+    status, model = await hub.api("GET", f"/users/{name}")
+    return int(model["servers"][""]["state"]["pid"])

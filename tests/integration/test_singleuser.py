@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
@@ -12,7 +11,7 @@ import pytest_asyncio
 
 from hubcull.testing import LocalHub, Service
 
-from .conftest import run_hubcull
+from .conftest import alive, run_hubcull, start_real
 
 pytestmark = pytest.mark.singleuser
 TIMEOUT = 6  # seconds: short, so real servers become idle within the test
@@ -29,23 +28,6 @@ async def real_hub() -> AsyncIterator[LocalHub]:
     await hub.start()
     yield hub
     await hub.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-async def start_real(hub: LocalHub, name: str) -> int:
-    await hub.create_users([name])
-    status, data = await hub.api("POST", f"/users/{name}/server")
-    assert status in (201, 202), data
-    await hub.wait_for([(name, "")], timeout=90)
-    status, model = await hub.api("GET", f"/users/{name}")
-    return int(model["servers"][""]["state"]["pid"])
 
 
 async def test_idle_real_server_is_stopped_and_its_process_ends(real_hub: LocalHub) -> None:
