@@ -105,8 +105,14 @@ def parse_terminals(body: bytes) -> tuple[datetime | None, ...]:
 
 
 def parse_cpu(body: bytes) -> float | None:
-    """jupyter-resource-usage's /api/metrics/v1: ``cpu_percent`` when CPU tracking is on."""
-    data = _json(body, "/api/metrics/v1")
+    """jupyter-resource-usage's /api/metrics/v1: ``cpu_percent`` when CPU tracking is on.
+
+    An optional extension: whatever it answers, it never spoils the rest of the evidence.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
     if not isinstance(data, Mapping):
         return None
     cpu = data.get("cpu_percent")

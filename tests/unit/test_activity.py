@@ -160,6 +160,7 @@ def test_parsers_accept_jupyter_server_answers() -> None:
     )
     assert parse_cpu(b'{"rss": 1, "cpu_percent": 12.5}') == 12.5
     assert parse_cpu(b'{"rss": 1}') is None
+    assert parse_cpu(b"<html>") is None, "an optional extension never spoils the evidence"
 
 
 @pytest.mark.parametrize(
