@@ -30,7 +30,14 @@ from traitlets.config.loader import ConfigFileNotFound, KVArgParseConfigLoader
 from . import __version__
 from .activity import ProbeError, Prober
 from .engine import Culler, PassReport, StartupError, preflight, run_periodically, utcnow
-from .hub import HubClient, HubError, HubUnreachable, TokenSource, make_internal_ssl_context
+from .hub import (
+    HubClient,
+    HubError,
+    HubUnreachable,
+    RetryPolicy,
+    TokenSource,
+    make_internal_ssl_context,
+)
 from .logsafe import RedactSecrets
 from .policy import MAX_SECONDS, ProbeRules, Rules
 
@@ -353,6 +360,17 @@ class HubCull(IdleCuller):
         ),
     ).tag(config=True)
 
+    retries = Int(
+        3,
+        help=_help(
+            """
+            How many times a failed request to the Hub is retried: connection errors,
+            timeouts, 5xx and 429 (honouring Retry-After), with exponential backoff and
+            jitter. Other errors are not retried.
+            """
+        ),
+    ).tag(config=True)
+
     check_kernels = Bool(
         False,
         help=_help(
@@ -417,6 +435,12 @@ class HubCull(IdleCuller):
                 return value
         return 60.0
 
+    @validate("retries")
+    def _check_retries(self, proposal: Any) -> int:
+        if not 0 <= proposal.value <= 20:
+            raise TraitError(f"--retries must be between 0 and 20, not {proposal.value}")
+        return proposal.value
+
     @validate("busy_timeout")
     def _check_busy_timeout(self, proposal: Any) -> int:
         if not 0 <= proposal.value <= MAX_SECONDS:
@@ -447,6 +471,7 @@ class HubCull(IdleCuller):
         "stop-wait": "HubCull.stop_wait",
         "request-timeout": "HubCull.request_timeout",
         "busy-timeout": "HubCull.busy_timeout",
+        "retries": "HubCull.retries",
         "probe-timeout": "HubCull.probe_timeout",
         "proxy-url": "HubCull.proxy_url",
         "cpu-threshold": "HubCull.cpu_threshold",
@@ -640,6 +665,7 @@ class HubCull(IdleCuller):
             request_timeout=self.request_timeout,
             ssl_context=ssl_context,
             log=self.log,
+            retry=RetryPolicy(retries=self.retries),
         )
         self._warn_plain_http(hub)
         async with hub:
