@@ -625,12 +625,8 @@ class HubCull(IdleCuller):
 
     def token_source(self) -> TokenSource:
         if self.api_token_file:
-            token = TokenSource(path=self.api_token_file)
-        else:
-            token = TokenSource(os.environ.get("JUPYTERHUB_API_TOKEN"))
-        if token.present:
-            self._redactor.add(token.get())
-        return token
+            return TokenSource(path=self.api_token_file, on_new_token=self._redactor.add)
+        return TokenSource(os.environ.get("JUPYTERHUB_API_TOKEN"), on_new_token=self._redactor.add)
 
     def start(self) -> None:
         if self.subapp is not None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import ssl
 import time
 from collections import Counter
@@ -97,12 +98,21 @@ class StopOutcome(enum.Enum):
 class TokenSource:
     """Where the API token comes from; a file is re-read when it changes (rotated secrets)."""
 
-    def __init__(self, token: str | None = None, path: str | None = None):
+    def __init__(
+        self,
+        token: str | None = None,
+        path: str | None = None,
+        on_new_token: Callable[[str], None] | None = None,
+    ):
         self._token = token.strip() if token else None
         self.path = path
         self._mtime: float | None = None
+        # Told of every token this source will hand out (the log redactor listens).
+        self._on_new_token = on_new_token
         if path:
             self._read_file()
+        elif self._token and on_new_token:
+            on_new_token(self._token)
 
     def _read_file(self) -> None:
         assert self.path
@@ -114,6 +124,8 @@ class TokenSource:
             raise HubError(f"cannot read the API token file {self.path}: {e.strerror}") from None
         if not value:
             raise HubError(f"the API token file {self.path} is empty")
+        if self._on_new_token is not None and value != self._token:
+            self._on_new_token(value)
         self._token, self._mtime = value, st.st_mtime
 
     def get(self) -> str:
@@ -189,7 +201,7 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
-        return rng.uniform(0, min(self.cap, self.base * (2**attempt)))
+        return rng.uniform(0, min(self.cap, self.base * (2 ** min(attempt, 30))))
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -197,7 +209,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -114,6 +114,13 @@ class BackwardWalk:
         limit = self.limit
         full = len(names) >= limit
         step = limit - self.overlap
+        if names and req.offset >= self.total_seen:
+            # An honest Hub counts what it pages: items past its own total are nonsense.
+            self._next = None
+            raise WalkError(
+                f"the Hub sent {len(names)} users at offset {req.offset} of a list it says "
+                f"holds {self.total_seen}"
+            )
         if self._budget is None:
             # A generous bound from the first answer: three times the pages the list
             # needed then, plus room for every climb (themselves bounded by max_climbs).

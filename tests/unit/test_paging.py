@@ -185,10 +185,33 @@ def test_every_user_that_stays_listed_is_read(
 def test_a_list_that_never_ends_is_refused() -> None:
     """A hostile or broken Hub that always answers a full page cannot hold a pass forever."""
     walk = BackwardWalk(50)
-    with pytest.raises(WalkError, match="did not end after"):
+    with pytest.raises(WalkError, match="did not end after|of a list it says holds"):
         for _ in range(10_000):
             req = walk.next_request()
             assert req is not None
             names = [f"x{req.offset + i}" for i in range(50)]
             walk.feed(req, 50, 100, names)
     assert walk.requests < 100
+
+
+def test_a_page_past_the_claimed_total_is_refused() -> None:
+    """Items at an offset the Hub's own total says is past the end: the answer is nonsense."""
+    walk = BackwardWalk(50)
+    req = walk.next_request()
+    assert req is not None
+    walk.feed(req, 50, 500, [f"u{i}" for i in range(50)])  # full: jump to the end
+    req = walk.next_request()
+    assert req is not None and req.offset > 0
+    with pytest.raises(WalkError, match="at offset"):
+        walk.feed(PageRequest(600, 50), 50, 500, [f"v{i}" for i in range(50)])
+
+
+def test_endless_full_pages_are_cut_off_by_the_budget() -> None:
+    """A Hub whose total keeps ahead of the offset: the page budget ends the walk."""
+    walk = BackwardWalk(50)
+    with pytest.raises(WalkError, match="did not end after"):
+        for _ in range(10_000):
+            req = walk.next_request()
+            assert req is not None
+            names = [f"x{req.offset + i}" for i in range(50)]
+            walk.feed(req, 50, req.offset + 100, names)
