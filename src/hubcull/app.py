@@ -29,7 +29,7 @@ from traitlets.config.loader import ConfigFileNotFound, KVArgParseConfigLoader
 
 from . import __version__
 from .activity import ProbeError, Prober
-from .engine import Culler, PassReport, StartupError, preflight, run_periodically, utcnow
+from .engine import Culler, PassReport, StartupError, preflight, run_scheduled, utcnow
 from .hub import (
     HubClient,
     HubError,
@@ -738,9 +738,7 @@ class HubCull(IdleCuller):
             f" or older than {self.max_age}s" if self.max_age else "",
             every,
         )
-        await self._bounded(
-            run_periodically(culler.run_pass, every, culler.stopping, self.log), culler
-        )
+        await self._bounded(run_scheduled(culler, every, self.log), culler)
         self.log.info("Stopped")
         return EXIT_OK
 

@@ -15,12 +15,13 @@ that would cancel a spawn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .activity import (
@@ -44,6 +45,7 @@ from .policy import (
     decide_with_evidence,
     format_duration,
 )
+from .schedule import DeadlineQueue
 from .stops import Sighting, StopLedger, StopRecord
 
 Clock = Callable[[], datetime]
@@ -233,11 +235,17 @@ class Culler:
         self.probe_rules = probe_rules or ProbeRules()
         self._probe_memory: dict[tuple[str, str], ProbeMemory] = {}
         self._probe_warned: set[tuple[str, str, datetime | None]] = set()
+        # Deadlines before `horizon` (the next full pass, set by the runner) are kept,
+        # and the runner wakes at each of them; None (--once) keeps none.
+        self.deadlines = DeadlineQueue()
+        self.horizon: datetime | None = None
+        self.deadlines_changed = asyncio.Event()
 
     async def run_pass(self) -> PassReport:
         report = PassReport(started=self.clock(), dry_run=self.dry_run)
         requests_before = self.hub.stats.total
         self.ledger.begin_pass()
+        self.deadlines.begin_pass()
         for memory in self._probe_memory.values():
             memory.seen = False
         try:
@@ -250,6 +258,7 @@ class Culler:
             self.ledger.end_pass(report.complete)
             if report.complete:
                 self._probe_memory = {k: m for k, m in self._probe_memory.items() if m.seen}
+                self.deadlines.end_pass()
             if self.verify_stops and not self.dry_run:
                 await self._verify_ledger(report)
         except (HubError, WalkError) as e:
@@ -360,6 +369,7 @@ class Culler:
             v = decide_server(user, judged, now, self.rules, arbiter_says)
             if v.culls and self.prober is not None and v.rule in ("idle", "arbiter"):
                 v = await self._second_opinion(user, judged, v)
+            self._schedule(user.name, server.name, v)
             if v.culls:
                 due.append((server, v))
             else:
@@ -375,6 +385,58 @@ class Culler:
             else:
                 self.log.debug("Not deleting user %s: %s", user.name, uv.reason)
         return acted
+
+    # --- deadlines between passes --------------------------------------------------
+
+    def _schedule(self, user: str, server: str, v: Verdict) -> None:
+        key = (user, server)
+        if v.culls or v.due_at is None or self.horizon is None or v.due_at > self.horizon:
+            self.deadlines.discard(key)
+            return
+        first = self.deadlines.next_due()
+        self.deadlines.push(key, v.due_at)
+        if first is None or v.due_at < first:
+            self.deadlines_changed.set()
+
+    async def check_deadlines(self) -> PassReport | None:
+        """Re-read the users whose servers' deadlines have come, and cull what is still due.
+
+        One small request per user (activity may have moved since the last pass), then
+        the same decision as in a pass. Returns a report when anything was due.
+        """
+        due = self.deadlines.pop_due(self.clock())
+        users = list(dict.fromkeys(user for user, _ in due))
+        if not users:
+            return None
+        report = PassReport(started=self.clock(), dry_run=self.dry_run, complete=True)
+        requests_before = self.hub.stats.total
+
+        async def one(name: str) -> None:
+            if name in self._inflight:
+                return  # a full pass is handling this user right now
+            self._inflight.add(name)
+            try:
+                raw = await self.hub.get_user(name)
+                user = None if raw is None else self._read_record(raw, report)
+                if user is not None:
+                    await self.handle_user(user, report)
+            except HubError as e:
+                report.errors.append(f"{name}: {e}")
+                self.log.error("Deadline check of %s failed: %s", name, e)
+            finally:
+                self._inflight.discard(name)
+
+        await asyncio.gather(*(one(name) for name in users))
+        report.finished = self.clock()
+        report.requests = self.hub.stats.total - requests_before
+        acted = report.servers_stopped or report.users_deleted or report.errors
+        self.log.log(
+            logging.INFO if acted else logging.DEBUG,
+            "Deadline check of %d user(s): %s",
+            len(users),
+            report.summary().split(": ", 1)[1],
+        )
+        return report
 
     # --- looking inside servers (--check-kernels) --------------------------------
 
@@ -629,29 +691,53 @@ class Culler:
 # --- the long-running loop -------------------------------------------------------
 
 
-async def run_periodically(
-    run_pass: Callable[[], Awaitable[PassReport]],
-    every: float,
-    stop: asyncio.Event,
-    log: logging.Logger,
-) -> None:
-    """A pass every ``every`` seconds from the start of the last one.
+async def run_scheduled(culler: Culler, every: float, log: logging.Logger) -> None:
+    """Full passes every ``every`` seconds, and between them, a wake-up at each deadline.
 
-    A failed pass is logged and never ends the loop.
+    The two run side by side: a long pass (a big Hub) does not delay deadlines, and a
+    user is never handled by both at once (the engine's in-flight set).
     """
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            await run_pass()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("Pass failed unexpectedly; the next one runs on schedule")
-        delay = max(0.0, every - (time.monotonic() - started))
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        except asyncio.TimeoutError:
-            pass
+    stop = culler.stopping
+
+    async def passes() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            # Deadlines up to one and a half intervals ahead: past the next pass's end.
+            culler.horizon = culler.clock() + timedelta(seconds=1.5 * every)
+            try:
+                await culler.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Pass failed unexpectedly; the next one runs on schedule")
+            delay = max(0.0, every - (time.monotonic() - started))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def deadlines() -> None:
+        while not stop.is_set():
+            nxt = culler.deadlines.next_due()
+            delay = 3600.0 if nxt is None else (nxt - culler.clock()).total_seconds()
+            if delay > 0:
+                culler.deadlines_changed.clear()
+                waits = {
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(culler.deadlines_changed.wait()),
+                }
+                try:
+                    await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                continue
+            try:
+                await culler.check_deadlines()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Deadline check failed unexpectedly")
+
+    await asyncio.gather(passes(), deadlines())
 
 
 __all__ = [
@@ -660,5 +746,5 @@ __all__ = [
     "StartupError",
     "preflight",
     "required_scopes",
-    "run_periodically",
+    "run_scheduled",
 ]

@@ -27,6 +27,7 @@ class DeadlineQueue:
         self._heap: list[tuple[datetime, int, Key]] = []
         self._live: dict[Key, datetime] = {}
         self._seq = itertools.count()
+        self._touched: set[Key] = set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -35,6 +36,7 @@ class DeadlineQueue:
         return key in self._live
 
     def push(self, key: Key, due_at: datetime) -> None:
+        self._touched.add(key)
         if self._live.get(key) == due_at:
             return
         self._live[key] = due_at
@@ -42,6 +44,16 @@ class DeadlineQueue:
 
     def discard(self, key: Key) -> None:
         self._live.pop(key, None)
+
+    def begin_pass(self) -> None:
+        self._touched.clear()
+
+    def end_pass(self) -> int:
+        """After a complete pass: forget deadlines of servers that pass no longer listed."""
+        stale = [key for key in self._live if key not in self._touched]
+        for key in stale:
+            del self._live[key]
+        return len(stale)
 
     def _drop_stale(self) -> None:
         while self._heap:

@@ -1,0 +1,65 @@
+"""The deadline queue: earliest first, one live entry per server, stale entries forgotten."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hubcull.schedule import DeadlineQueue
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_pops_only_what_is_due_earliest_first() -> None:
+    q = DeadlineQueue()
+    q.push(("b", ""), at(20))
+    q.push(("a", ""), at(10))
+    q.push(("c", "gpu"), at(30))
+    assert q.next_due() == at(10)
+    assert q.pop_due(at(5)) == []
+    assert q.pop_due(at(20)) == [("a", ""), ("b", "")]
+    assert q.next_due() == at(30) and len(q) == 1
+
+
+def test_a_new_deadline_replaces_the_old_one() -> None:
+    q = DeadlineQueue()
+    q.push(("a", ""), at(10))
+    q.push(("a", ""), at(50))  # activity moved it
+    assert q.pop_due(at(20)) == []
+    assert q.next_due() == at(50)
+    q.discard(("a", ""))  # culled, or no longer due before the next pass
+    assert q.next_due() is None and len(q) == 0
+
+
+def test_a_complete_pass_forgets_servers_it_did_not_see() -> None:
+    q = DeadlineQueue()
+    q.push(("gone", ""), at(10))
+    q.push(("kept", ""), at(10))
+    q.begin_pass()
+    q.push(("kept", ""), at(12))
+    assert q.end_pass() == 1
+    assert q.pop_due(at(100)) == [("kept", "")]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 100)), max_size=50),
+    st.integers(0, 100),
+)
+def test_pop_due_matches_the_latest_push_per_server(
+    pushes: list[tuple[str, int]], now: int
+) -> None:
+    q = DeadlineQueue()
+    latest: dict[str, int] = {}
+    for user, t in pushes:
+        q.push((user, ""), at(t))
+        latest[user] = t
+    popped = q.pop_due(at(now))
+    assert sorted(u for u, _ in popped) == sorted(u for u, t in latest.items() if t <= now)
+    assert [latest[u] for u, _ in popped] == sorted(latest[u] for u, _ in popped)
+    assert len(q) == sum(1 for t in latest.values() if t > now)
