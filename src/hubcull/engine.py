@@ -100,10 +100,13 @@ async def preflight(
             "no API token: set JUPYTERHUB_API_TOKEN (the Hub sets it for managed services) "
             "or pass --api-token-file"
         )
+    hub.announce_outages = False
     try:
         version = await hub.version()
     except HubError as e:
         raise StartupError(str(e)) from None
+    finally:
+        hub.announce_outages = True
     try:
         me = await hub.identity()
     except HubAPIError as e:
@@ -268,6 +271,14 @@ class Culler:
             report.finished = self.clock()
             report.requests = self.hub.stats.total - requests_before
         self.log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
+        gate = self.hub.stop_gate
+        if report.servers_stopped:
+            self.log.debug(
+                "Stops in flight: limit now %d of %d (fastest recent stop %.0f ms)",
+                gate.limit.limit,
+                gate.limit.cap,
+                1000 * (gate.limit.base or 0),
+            )
         return report
 
     async def _walk(self, state: str, report: PassReport) -> None:
@@ -289,6 +300,8 @@ class Culler:
                     for it in page.items
                 ]
                 for i in walk.feed(req, page.limit, page.total, names):
+                    if self.stopping.is_set():
+                        break
                     user = self._read_record(page.items[i], report)
                     if user is None or user.name in self._inflight:
                         continue
@@ -343,6 +356,8 @@ class Culler:
         while True:
             user = await queue.get()
             try:
+                if self.stopping.is_set():
+                    continue  # shutting down: start no new user
                 culled = await self.handle_user(user, report)
                 if self.dry_run or not culled:
                     walk.kept(user.name)  # still listed: a landmark for the pages below
@@ -363,7 +378,12 @@ class Culler:
         now = self.clock()
         due: list[tuple[Server, Verdict]] = []
         for server in user.servers.values():
-            self._review_stop(user, server, now, report)
+            if not self._review_stop(user, server, now, report):
+                self.log.debug(
+                    "Not culling %s: stopped without effect; left to an operator",
+                    user.server_label(server.name),
+                )
+                continue
             judged = self._without_our_probes(user, server)
             arbiter_says = await self._ask_arbiter(user, judged, now)
             v = decide_server(user, judged, now, self.rules, arbiter_says)
@@ -412,7 +432,7 @@ class Culler:
         requests_before = self.hub.stats.total
 
         async def one(name: str) -> None:
-            if name in self._inflight:
+            if name in self._inflight or self.stopping.is_set():
                 return  # a full pass is handling this user right now
             self._inflight.add(name)
             try:
@@ -563,11 +583,15 @@ class Culler:
             self.ledger.record(user, server, remove, self.clock())
         return outcome
 
-    def _review_stop(self, user: User, server: Server, now: datetime, report: PassReport) -> None:
-        """A server we stopped before is listed again: did that stop work?"""
+    def _review_stop(self, user: User, server: Server, now: datetime, report: PassReport) -> bool:
+        """A server we stopped before is listed again: did that stop work?
+
+        Returns False when hubcull must leave the server alone: it was stopped
+        max_stop_attempts times without effect, and an operator has been told.
+        """
         rec = self.ledger.get(user.name, server.name)
         if rec is None:
-            return
+            return True
         self.ledger.mark_seen(user.name, server.name)
         sighting = self.ledger.judge(rec, server, now)
         if sighting is Sighting.RESTARTED:
@@ -583,11 +607,17 @@ class Culler:
             )
         elif sighting is Sighting.FAILED:
             self._report_lost_stop(rec, now, report)
+            return not self.ledger.exhausted(rec)
+        return True
 
     def _report_lost_stop(self, rec: StopRecord, now: datetime, report: PassReport) -> None:
         ago = format_duration(now - rec.last_at)
         if self.ledger.exhausted(rec):
+            # Every pass counts it as an error; the full alert is written once.
             report.errors.append(f"{rec.subject}: stopped {rec.attempts} times without effect")
+            if rec.operator_alerted:
+                return
+            rec.operator_alerted = True
             self.log.error(
                 "%s is still running %s after the Hub accepted its stop, %d times now: an "
                 "operator should look at it (the spawner may have lost it)",

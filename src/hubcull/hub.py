@@ -30,8 +30,12 @@ import aiohttp
 from yarl import URL
 
 from . import __version__
+from .limits import AdaptiveGate, AdaptiveLimit
 
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
+# Seconds without any answer before the Hub is said to be unreachable (a request that
+# runs out of retries says so at once).
+OUTAGE_AFTER = 3.0
 
 
 class HubError(Exception):
@@ -265,9 +269,14 @@ class HubClient:
         self._sem = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         self._session: aiohttp.ClientSession | None = None
         self.stats = RequestStats()
+        # Stops in flight: adaptive between 1 and the concurrency limit (see limits.py).
+        self.stop_gate = AdaptiveGate(AdaptiveLimit(cap=concurrency if concurrency > 0 else 50))
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()
         self._unreachable_since: float | None = None
+        self._outage_announced = False
+        # Off during start-up checks, whose failure is reported (once) as fatal instead.
+        self.announce_outages = True
         self.on_request: Callable[[str, str, int | None, float], None] | None = None
 
     @property
@@ -312,6 +321,7 @@ class HubClient:
         auth: bool = True,
         accept: str = "application/json",
         kind: str | None = None,
+        timings: list[float] | None = None,
     ) -> tuple[int, bytes]:
         """One logical request, retried on transport errors, 5xx and 429.
 
@@ -324,11 +334,12 @@ class HubClient:
         while True:
             try:
                 status, payload, retry_after = await self._send(
-                    method, path, params, body, auth, accept, kind, shown
+                    method, path, params, body, auth, accept, kind, shown, timings
                 )
             except HubUnreachable as e:
-                self._lost_contact(e)
-                if attempt >= self.retry.retries:
+                exhausted = attempt >= self.retry.retries
+                self._lost_contact(e, exhausted)
+                if exhausted:
                     raise
                 delay = self.retry.delay(attempt, self._rng)
                 self.log.debug("%s %s: %s; retrying in %.1fs", method, shown, e.cause, delay)
@@ -360,6 +371,7 @@ class HubClient:
         accept: str,
         kind: str | None,
         shown: str,
+        timings: list[float] | None = None,
     ) -> tuple[int, bytes, float | None]:
         """One attempt: (status, body, Retry-After seconds or None), or HubUnreachable."""
         url = self.url(path, params)
@@ -377,6 +389,7 @@ class HubClient:
         try:
             if self._sem is not None:
                 await self._sem.acquire()
+            sent = time.monotonic()
             try:
                 async with self._get_session().request(
                     method, URL(url, encoded=True), headers=headers, data=data, timeout=timeout
@@ -384,6 +397,8 @@ class HubClient:
                     status = resp.status
                     payload = await resp.read()
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
+                if timings is not None:
+                    timings.append(time.monotonic() - sent)
             finally:
                 if self._sem is not None:
                     self._sem.release()
@@ -439,19 +454,33 @@ class HubClient:
             )
         return status, body
 
-    def _lost_contact(self, error: HubUnreachable) -> None:
-        """Say once that the Hub is gone, not once per request."""
+    def _lost_contact(self, error: HubUnreachable, exhausted: bool) -> None:
+        """Say once that the Hub is gone, not once per request.
+
+        A blip that the next attempt gets past (a reset connection) is not an outage:
+        the Hub is announced unreachable when a request has run out of retries, or
+        when nothing has answered for OUTAGE_AFTER seconds.
+        """
+        now = time.monotonic()
         if self._unreachable_since is None:
-            self._unreachable_since = time.monotonic()
+            self._unreachable_since = now
+        if (
+            self.announce_outages
+            and not self._outage_announced
+            and (exhausted or now - self._unreachable_since >= OUTAGE_AFTER)
+        ):
+            self._outage_announced = True
             self.log.warning("%s; retrying, and saying so when it answers again", error)
 
     def _regained_contact(self) -> None:
         if self._unreachable_since is not None:
             gone = time.monotonic() - self._unreachable_since
             self._unreachable_since = None
-            self.log.warning(
-                "The Hub at %s answers again (unreachable for %.0fs)", self.api_url, gone
-            )
+            if self._outage_announced:
+                self._outage_announced = False
+                self.log.warning(
+                    "The Hub at %s answers again (unreachable for %.0fs)", self.api_url, gone
+                )
 
     @property
     def reachable(self) -> bool:
@@ -519,13 +548,24 @@ class HubClient:
         return await self.get_json(f"/users/{quote(name, safe='')}", kind="user")
 
     async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome:
+        """Stop a server, within the adaptive stop limit (see limits.py)."""
         if server:
             path = f"/users/{quote(user, safe='')}/servers/{quote(server, safe='')}"
         else:
             path = f"/users/{quote(user, safe='')}/server"
-        status, _ = await self.request(
-            "DELETE", path, body={"remove": True} if remove else None, kind="stop"
-        )
+        timings: list[float] = []
+        in_flight = await self.stop_gate.acquire()
+        try:
+            status, _ = await self.request(
+                "DELETE",
+                path,
+                body={"remove": True} if remove else None,
+                kind="stop",
+                timings=timings,
+            )
+        finally:
+            # A 202 took the Hub's slow_stop_timeout: the spawner, not the Hub, was slow.
+            await self.stop_gate.release(timings[-1] if timings else None, in_flight)
         if status == 404:
             return StopOutcome.GONE
         return StopOutcome.STOPPING if status == 202 else StopOutcome.STOPPED

@@ -37,6 +37,7 @@ class StopRecord:
     last_at: datetime
     attempts: int = 1
     stuck_reported: bool = False
+    operator_alerted: bool = False  # stopped max_attempts times without effect: said so
     seen: bool = False  # seen still listed in the current pass
 
     @property
