@@ -49,6 +49,8 @@ from .schedule import DeadlineQueue
 from .stops import Sighting, StopLedger, StopRecord
 
 Clock = Callable[[], datetime]
+# Page size asked for when --api-page-size is 0: JupyterHub's default api_page_max_limit.
+MAX_PAGE = 200
 Arbiter = Callable[..., Any]
 
 
@@ -243,6 +245,7 @@ class Culler:
         self.deadlines = DeadlineQueue()
         self.horizon: datetime | None = None
         self.deadlines_changed = asyncio.Event()
+        self._last_listing_pages = 1_000_000  # pages of the last full listing (unknown yet)
 
     async def run_pass(self) -> PassReport:
         report = PassReport(started=self.clock(), dry_run=self.dry_run)
@@ -282,17 +285,18 @@ class Culler:
         return report
 
     async def _walk(self, state: str, report: PassReport) -> None:
+        # Unset, ask for as much as the Hub allows (it caps at api_page_max_limit): every
+        # page costs the Hub a COUNT query, so fewer, larger pages are kinder to it.
         walk = BackwardWalk(
-            self.page_size or 50, start_hint=self._list_hints.get(state, 0), max_climbs=100
+            self.page_size or MAX_PAGE, start_hint=self._list_hints.get(state, 0), max_climbs=100
         )
-        queue: asyncio.Queue[User] = asyncio.Queue(maxsize=max(self.page_size, 50))
+        queue: asyncio.Queue[User] = asyncio.Queue(maxsize=self.page_size or MAX_PAGE)
         workers = [
             asyncio.create_task(self._serve(queue, walk, report)) for _ in range(self.workers)
         ]
         try:
             while (req := walk.next_request()) is not None and not self.stopping.is_set():
-                limit = req.limit if (self.page_size or walk.limit) else None
-                page = await self.hub.list_users_page(state, req.offset, limit or req.limit)
+                page = await self.hub.list_users_page(state, req.offset, req.limit)
                 names = [
                     it.get("name")
                     if isinstance(it, dict) and isinstance(it.get("name"), str)
@@ -315,6 +319,8 @@ class Culler:
             self._inflight.clear()
         if walk.total_seen is not None:
             self._list_hints[state] = walk.total_seen
+        if state == "active":
+            self._last_listing_pages = walk.requests
         report.page_climbs += walk.climbs
         if walk.unconfirmed:
             self.log.warning(
@@ -428,6 +434,10 @@ class Culler:
         users = list(dict.fromkeys(user for user, _ in due))
         if not users:
             return None
+        if len(users) > 1 and len(users) >= self._last_listing_pages:
+            # Many at once: one full listing re-reads them all for fewer requests.
+            self.log.debug("%d users due at once: a full pass instead", len(users))
+            return await self.run_pass()
         report = PassReport(started=self.clock(), dry_run=self.dry_run, complete=True)
         requests_before = self.hub.stats.total
 
