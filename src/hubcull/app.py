@@ -48,6 +48,34 @@ EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
 SHUTDOWN_GRACE = 8.0
 
 
+# What each numeric option accepts: (lowest, lowest allowed itself?, highest, in words).
+_RANGES: dict[str, tuple[float, bool, float, str]] = {
+    "timeout": (0, False, MAX_SECONDS, "a positive number of seconds"),
+    "cull_every": (0, True, MAX_SECONDS, "0 (half the timeout) or a number of seconds"),
+    "max_age": (0, True, MAX_SECONDS, "0 (off) or a number of seconds"),
+    "api_page_size": (0, True, 1_000_000, "0 (as large as the Hub allows) or a page size"),
+    "concurrency": (0, True, 10_000, "0 (no limit) or a positive number"),
+    "retries": (0, True, 20, "between 0 and 20"),
+    "busy_timeout": (0, True, MAX_SECONDS, "0 (no limit) or a number of seconds"),
+    "cpu_threshold": (0, True, 100_000, "0 (off) or a percentage"),
+    "stop_wait": (0, False, MAX_SECONDS, "a positive number of seconds"),
+    "request_timeout": (0, False, MAX_SECONDS, "a positive number of seconds"),
+    "probe_timeout": (0, False, MAX_SECONDS, "a positive number of seconds"),
+}
+
+
+def _in_range(proposal: Any) -> Any:
+    """The one validator of every numeric option: a clear message naming the flag."""
+    name, value = proposal.trait.name, proposal.value
+    low, low_ok, high, words = _RANGES[name]
+    flag = name.replace("_", "-")
+    if value > high:
+        raise TraitError(f"--{flag} must be at most {int(high)}, not {value}")
+    if not (value >= low if low_ok else value > low):
+        raise TraitError(f"--{flag} must be {words}, not {value}")
+    return value
+
+
 class UsageError(Exception):
     """Bad command line or configuration: reported in one line, exit code 2."""
 
@@ -242,32 +270,9 @@ class IdleCuller(Application):
         # A broken config file must stop us with its error, not be skipped with a warning.
         return True
 
-    @validate("timeout")
-    def _check_timeout(self, proposal: Any) -> int:
-        if not 0 < proposal.value <= MAX_SECONDS:
-            raise TraitError(
-                f"--timeout must be a positive number of seconds (at most {MAX_SECONDS}), "
-                f"not {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("cull_every", "max_age", "api_page_size")
-    def _check_non_negative(self, proposal: Any) -> int:
-        if not 0 <= proposal.value <= MAX_SECONDS:
-            flag = proposal.trait.name.replace("_", "-")
-            raise TraitError(
-                f"--{flag} must be 0 or a positive number (at most {MAX_SECONDS}), "
-                f"not {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("concurrency")
-    def _check_concurrency(self, proposal: Any) -> int:
-        if proposal.value < 0:
-            raise TraitError(
-                f"--concurrency must be 0 (no limit) or a positive number, not {proposal.value}"
-            )
-        return proposal.value
+    @validate("timeout", "cull_every", "max_age", "api_page_size", "concurrency")
+    def _check_compat_range(self, proposal: Any) -> Any:
+        return _in_range(proposal)
 
 
 _COMPAT_OPTIONS = [
@@ -437,34 +442,11 @@ class HubCull(IdleCuller):
                 return value
         return 60.0
 
-    @validate("retries")
-    def _check_retries(self, proposal: Any) -> int:
-        if not 0 <= proposal.value <= 20:
-            raise TraitError(f"--retries must be between 0 and 20, not {proposal.value}")
-        return proposal.value
-
-    @validate("busy_timeout")
-    def _check_busy_timeout(self, proposal: Any) -> int:
-        if not 0 <= proposal.value <= MAX_SECONDS:
-            raise TraitError(
-                f"--busy-timeout must be 0 (no limit) or positive, not {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("cpu_threshold")
-    def _check_cpu(self, proposal: Any) -> float:
-        if proposal.value < 0:
-            raise TraitError(
-                f"--cpu-threshold must be 0 (off) or a percentage, not {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("stop_wait", "request_timeout", "probe_timeout")
-    def _check_positive_float(self, proposal: Any) -> float:
-        if proposal.value <= 0:
-            flag = proposal.trait.name.replace("_", "-")
-            raise TraitError(f"--{flag} must be a positive number of seconds, not {proposal.value}")
-        return proposal.value
+    @validate(
+        "retries", "busy_timeout", "cpu_threshold", "stop_wait", "request_timeout", "probe_timeout"
+    )
+    def _check_range(self, proposal: Any) -> Any:
+        return _in_range(proposal)
 
     aliases = {
         **{opt: f"IdleCuller.{opt.replace('-', '_')}" for opt in _COMPAT_OPTIONS},

@@ -382,40 +382,70 @@ class HubClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         self.stats.by_kind[kind or method] += 1
         start = time.monotonic()
         status: int | None = None
         try:
+            status, payload, resp_headers, roundtrip = await self._exchange(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=self.request_timeout,
+                target=self.api_url,
+                timeout_message=f"{method} {shown} timed out after {self.request_timeout:g}s",
+            )
+        finally:
+            elapsed = time.monotonic() - start
+            if self.on_request is not None:
+                self.on_request(method, path, status, elapsed)
+        if timings is not None:
+            timings.append(roundtrip)
+        self.log.debug("%s %s -> %s (%.0f ms)", method, shown, status, elapsed * 1000)
+        return status, payload, _retry_after(resp_headers.get("Retry-After"))
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+        target: str,
+        timeout_message: str,
+        data: bytes | None = None,
+        allow_redirects: bool = True,
+    ) -> tuple[int, bytes, Mapping[str, str], float]:
+        """One HTTP exchange inside the concurrency limit: (status, body, headers, seconds).
+
+        Transport failures become HubUnreachable (HubTimeout) naming ``target``; the
+        message is built here, never from aiohttp's exception (whose request info
+        carries the headers, token included).
+        """
+        try:
             if self._sem is not None:
                 await self._sem.acquire()
-            sent = time.monotonic()
             try:
+                sent = time.monotonic()
                 async with self._get_session().request(
-                    method, URL(url, encoded=True), headers=headers, data=data, timeout=timeout
+                    method,
+                    URL(url, encoded=True),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=allow_redirects,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
                 ) as resp:
-                    status = resp.status
                     payload = await resp.read()
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-                if timings is not None:
-                    timings.append(time.monotonic() - sent)
+                    return resp.status, payload, resp.headers, time.monotonic() - sent
             finally:
                 if self._sem is not None:
                     self._sem.release()
         except asyncio.CancelledError:
             raise
         except asyncio.TimeoutError:
-            raise HubTimeout(
-                self.api_url, f"{method} {shown} timed out after {self.request_timeout:g}s"
-            ) from None
+            raise HubTimeout(target, timeout_message) from None
         except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
-            raise HubUnreachable(self.api_url, _safe_cause(e)) from None
-        finally:
-            elapsed = time.monotonic() - start
-            if self.on_request is not None:
-                self.on_request(method, path, status, elapsed)
-        self.log.debug("%s %s -> %s (%.0f ms)", method, shown, status, elapsed * 1000)
-        return status, payload, retry_after
+            raise HubUnreachable(target, _safe_cause(e)) from None
 
     async def probe_get(self, url: str, timeout: float) -> tuple[int, bytes]:
         """One GET to a single-user server through the proxy, in the same concurrency limit.
@@ -425,29 +455,18 @@ class HubClient:
         """
         headers = {"Accept": "application/json", "Authorization": f"token {self.token.get()}"}
         self.stats.by_kind["probe"] += 1
-        start = time.monotonic()
         status: int | None = None
+        start = time.monotonic()
         try:
-            if self._sem is not None:
-                await self._sem.acquire()
-            try:
-                async with self._get_session().get(
-                    URL(url, encoded=True),
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout),
-                ) as resp:
-                    status = resp.status
-                    body = await resp.read()
-            finally:
-                if self._sem is not None:
-                    self._sem.release()
-        except asyncio.CancelledError:
-            raise
-        except asyncio.TimeoutError:
-            raise HubTimeout(url, f"timed out after {timeout:g}s") from None
-        except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
-            raise HubUnreachable(url, _safe_cause(e)) from None
+            status, body, _, _ = await self._exchange(
+                "GET",
+                url,
+                headers=headers,
+                timeout=timeout,
+                target=url,
+                timeout_message=f"timed out after {timeout:g}s",
+                allow_redirects=False,
+            )
         finally:
             self.log.debug(
                 "probe GET %s -> %s (%.0f ms)", url, status, (time.monotonic() - start) * 1000
