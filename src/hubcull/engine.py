@@ -313,10 +313,12 @@ class Culler:
                     await queue.put(user)
             await self._drain(queue)
         finally:
+            # Whatever is still queued (the walk failed, or we are stopping) is dropped,
+            # and no longer counts as in flight: the next pass or deadline will see it.
+            self._drop_queued(queue)
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            self._inflight.clear()
         if walk.total_seen is not None:
             self._list_hints[state] = walk.total_seen
         if state == "active":
@@ -337,13 +339,16 @@ class Culler:
         try:
             await asyncio.wait({join, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not join.done():
-                while not queue.empty():
-                    queue.get_nowait()
-                    queue.task_done()
+                self._drop_queued(queue)
                 await join
         finally:
             stop.cancel()
             join.cancel()
+
+    def _drop_queued(self, queue: asyncio.Queue[User]) -> None:
+        while not queue.empty():
+            self._inflight.discard(queue.get_nowait().name)
+            queue.task_done()
 
     def _read_record(self, raw: Any, report: PassReport) -> User | None:
         try:
