@@ -34,9 +34,31 @@ class Run:
         return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
+# Every line hubcull printed in this session (all at DEBUG), and every token any test Hub
+# knew: scanned once more at the end of the session, on top of the per-run checks.
+SESSION_OUTPUT: list[str] = []
+SESSION_SECRETS: set[str] = set()
+
+
 def assert_no_secret(hub: LocalHub, text: str) -> None:
+    SESSION_OUTPUT.append(text)
+    SESSION_SECRETS.update(hub.secrets)
     for secret in hub.secrets:
         assert secret not in text, "a token appeared in hubcull's output"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The whole-run log scan: no token of any test Hub in anything hubcull printed."""
+    leaked = {s for s in SESSION_SECRETS for text in SESSION_OUTPUT if s in text}
+    lines = sum(text.count("\n") for text in SESSION_OUTPUT)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and SESSION_OUTPUT:
+        reporter.write_line(
+            f"token scan: {lines} lines of hubcull output (DEBUG) checked against "
+            f"{len(SESSION_SECRETS)} tokens: {'LEAKED' if leaked else 'none found'}"
+        )
+    if leaked:
+        session.exitstatus = 1
 
 
 async def run_hubcull(
