@@ -189,9 +189,9 @@ class IdleCuller(Application):
         help=_help(
             """
             Users per page when listing users (the Hub caps it at its api_page_max_limit,
-            200 by default). 0: as many as the Hub allows. (jupyterhub-idle-culler's 0 meant
-            the Hub's default of 50: four times as many requests, each with its own COUNT
-            query on the Hub's database.)
+            200 by default). 0: 50, the Hub's default. Larger pages mean fewer requests, but
+            the Hub builds each one in a single step on its only event loop, holding every
+            other request meanwhile (about 0.5 ms per user here).
             """
         ),
     ).tag(config=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-ALPHA = 1.0  # fewer of our stops than this queued in the Hub: room for one more
-BETA = 2.0  # more than this: take one away
+ALPHA = 0.3  # fewer of our stops than this queued in the Hub: room for one more
+BETA = 0.6  # more than this: take one away
 
 
 class AdaptiveLimit:
@@ -32,6 +32,7 @@ class AdaptiveLimit:
         self.floor = max(1, min(floor, cap))
         self.limit = cap
         self._recent: deque[float] = deque(maxlen=window)
+        self._smoothed: float | None = None  # recent latency, smoothed (EWMA)
 
     @property
     def base(self) -> float | None:
@@ -45,7 +46,11 @@ class AdaptiveLimit:
         self._recent.append(latency)
         base = self.base
         assert base is not None
-        queued = in_flight * (1.0 - base / latency)
+        # One lucky stop says little: steer on the smoothed latency.
+        self._smoothed = (
+            latency if self._smoothed is None else 0.8 * self._smoothed + 0.2 * latency
+        )
+        queued = in_flight * (1.0 - base / self._smoothed)
         if queued > BETA:
             self.limit = max(self.floor, self.limit - 1)
         elif queued < ALPHA and in_flight >= self.limit:
