@@ -52,6 +52,19 @@ class HubStartError(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:
+    """In the Hub's process: be sent SIGTERM when whoever started it dies (Linux).
+
+    A test or benchmark killed by a timeout must not leave a Hub (and its proxy and
+    servers) running for hours.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -290,6 +303,7 @@ c.JupyterHub.load_roles = {roles!r}
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + self.startup_timeout
