@@ -300,12 +300,7 @@ class Culler:
         try:
             while (req := walk.next_request()) is not None and not self.stopping.is_set():
                 page = await self.hub.list_users_page(state, req.offset, req.limit)
-                names = [
-                    it.get("name")
-                    if isinstance(it, dict) and isinstance(it.get("name"), str)
-                    else None
-                    for it in page.items
-                ]
+                names = _record_names(page.items)
                 for i in walk.feed(req, page.limit, page.total, names):
                     if self.stopping.is_set():
                         break
@@ -690,6 +685,14 @@ class Culler:
         records = self.ledger.records()
         if not records:
             return
+        if len(records) > 1 and len(records) >= self._last_listing_pages:
+            # One listing of the active users confirms many stops for fewer requests
+            # than one look per stop; what it cannot settle is looked at one by one.
+            try:
+                await self._sweep_ledger()
+            except (HubError, WalkError) as e:
+                self.log.debug("Confirming stops by listing failed (%s): one by one", e)
+            records = self.ledger.records()
         results = await asyncio.gather(*(self._confirm(r.user, r.server, report) for r in records))
         unconfirmed = [r.subject for r, ok in zip(records, results, strict=True) if not ok]
         report.servers_stopped -= len(unconfirmed)
@@ -697,6 +700,44 @@ class Culler:
         for subject in unconfirmed:
             report.errors.append(f"{subject}: stop not confirmed")
             self.log.error("%s: stop not confirmed within %.0fs", subject, self.stop_wait)
+
+    async def _sweep_ledger(self) -> None:
+        """Forget the recorded stops whose server a full listing of active users lacks.
+
+        Absence proves a stop only if the walk saw everyone: a list that shifted too
+        fast to cross-check, or a record without a readable name, settles nothing.
+        """
+        wanted = {rec.user for rec in self.ledger.records()}
+        listed: dict[str, dict[str, Server]] = {}
+        walk = BackwardWalk(
+            self.page_size or HUB_DEFAULT_PAGE,
+            start_hint=self._list_hints.get("active", 0),
+            max_climbs=100,
+        )
+        while (req := walk.next_request()) is not None:
+            if self.stopping.is_set():
+                return
+            page = await self.hub.list_users_page("active", req.offset, req.limit)
+            names = _record_names(page.items)
+            for i in walk.feed(req, page.limit, page.total, names):
+                name = names[i]
+                if name is None:
+                    return
+                walk.kept(name)
+                if name in wanted:
+                    try:
+                        listed[name] = parse_user(page.items[i]).servers
+                    except ModelError:
+                        wanted.discard(name)  # unreadable: looked at one by one
+        if walk.unconfirmed:
+            return
+        now = self.clock()
+        for rec in self.ledger.records():
+            if rec.user not in wanted:
+                continue
+            sighting = self.ledger.judge(rec, listed.get(rec.user, {}).get(rec.server), now)
+            if sighting in (Sighting.GONE, Sighting.RESTARTED):
+                self.ledger.forget(rec.user, rec.server)
 
     async def _delete_user(
         self, user: User, v: Verdict, had_servers: bool, report: PassReport
@@ -734,6 +775,14 @@ class Culler:
         if deleted:
             report.users_deleted += 1
         return True
+
+
+def _record_names(items: list[Any]) -> list[str | None]:
+    """The user names of a page, None where a record has no readable name."""
+    return [
+        it.get("name") if isinstance(it, dict) and isinstance(it.get("name"), str) else None
+        for it in items
+    ]
 
 
 # --- the long-running loop -------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from hubcull.testing import LocalHub, ServerSpec
@@ -47,6 +48,9 @@ async def test_one_pass_culls_450_idle_servers_with_small_pages(clean_hub: Local
     left = set(await hub.active_servers())
     assert left == {(f"mass{i:03d}x", "") for i in range(0, 450, 50)}
     assert "stopped 450 servers" in run.stderr
+    # The stops are confirmed by listing again, not by one look per stop.
+    requests = int(re.search(r"\((\d+) Hub requests\)", run.stderr)[1])
+    assert 450 < requests < 450 + 40, requests
 
 
 async def test_pending_servers_are_never_sent_a_delete(clean_hub: LocalHub) -> None:
