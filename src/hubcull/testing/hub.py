@@ -32,6 +32,7 @@ import aiohttp
 
 from ..hub import HubError, make_internal_ssl_context
 from ..model import format_timestamp
+from .tether import die_with_parent
 
 PAGINATION = "application/jupyterhub-pagination+json"
 
@@ -50,19 +51,6 @@ TOKEN_OWNER = "token-owner"
 
 class HubStartError(RuntimeError):
     pass
-
-
-def _die_with_parent() -> None:
-    """In the Hub's process: be sent SIGTERM when whoever started it dies (Linux).
-
-    A test or benchmark killed by a timeout must not leave a Hub (and its proxy and
-    servers) running for hours.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -264,7 +252,7 @@ c.JupyterHub.hub_bind_url = "{self.scheme}://127.0.0.1:{self.hub_port}"
 c.ConfigurableHTTPProxy.api_url = "{self.scheme}://127.0.0.1:{self.proxy_api_port}"
 c.JupyterHub.internal_ssl = {self.internal_ssl!r}
 c.JupyterHub.internal_certs_location = {str(self.internal_certs)!r}
-c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.ConfigurableHTTPProxy.command = [{sys.executable!r}, '-m', 'hubcull.testing.tether', {chp!r}]
 c.ConfigurableHTTPProxy.auth_token = {secrets.token_hex(16)!r}
 c.ConfigurableHTTPProxy.pid_file = {str(self.workdir / "proxy.pid")!r}
 c.JupyterHub.pid_file = {str(self.workdir / "hub.pid")!r}
@@ -303,7 +291,7 @@ c.JupyterHub.load_roles = {roles!r}
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + self.startup_timeout
