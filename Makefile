@@ -1,6 +1,6 @@
 # The two commands of the README. Both set up what they need in this checkout first
 # (scripts/bootstrap: .venv for Python, node_modules for configurable-http-proxy).
-.PHONY: demo test lint
+.PHONY: demo test lint bench
 
 demo:
 	scripts/bootstrap demo
@@ -14,3 +14,10 @@ test:
 lint:
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
+
+# The performance record (docs/benchmarks.md): about 90 minutes on 2 cores.
+bench:
+	scripts/bootstrap bench
+	for b in completeness overrun scan_cost mass_cull probing; do \
+		.venv/bin/python benchmarks/$$b.py || exit 1; \
+	done

@@ -7,7 +7,8 @@ page loads, the proxy, other services) wait behind a queue of ten. But with a sl
 spawner (a Kubernetes pod takes seconds to go), the Hub mostly waits, and many
 stops in flight are what make a mass cull fast.
 
-So the limit adapts, the way TCP Vegas sizes its window: from the fastest recent
+So the limit adapts, the way TCP Vegas sizes its window. It starts at one stop and
+grows by one for each answer that shows no queue. From the fastest recent
 stop (the Hub's own cost, no queue) and the current one, estimate how many of ours
 wait in the Hub's queue; keep that between ALPHA and BETA. A Hub that queues gets
 fewer stops at once; a Hub that waits on its spawners gets more, up to the cap.
@@ -30,7 +31,8 @@ class AdaptiveLimit:
             raise ValueError("cap must be at least 1")
         self.cap = cap
         self.floor = max(1, min(floor, cap))
-        self.limit = cap
+        # Start low and earn more: a Hub that queues never sees a burst of `cap` stops.
+        self.limit = self.floor
         self._recent: deque[float] = deque(maxlen=window)
         self._smoothed: float | None = None  # recent latency, smoothed (EWMA)
 
@@ -47,9 +49,7 @@ class AdaptiveLimit:
         base = self.base
         assert base is not None
         # One lucky stop says little: steer on the smoothed latency.
-        self._smoothed = (
-            latency if self._smoothed is None else 0.8 * self._smoothed + 0.2 * latency
-        )
+        self._smoothed = latency if self._smoothed is None else 0.8 * self._smoothed + 0.2 * latency
         queued = in_flight * (1.0 - base / self._smoothed)
         if queued > BETA:
             self.limit = max(self.floor, self.limit - 1)

@@ -39,6 +39,14 @@ def test_a_hub_waiting_on_slow_spawners_gets_the_whole_cap() -> None:
     assert min(history) == 10
 
 
+def test_it_starts_at_one_stop_and_earns_more() -> None:
+    queueing = AdaptiveLimit(cap=10)
+    assert queueing.limit == 1, "no opening burst of ten stops"
+    assert max(settle(queueing, hub_bound(2), rounds=20)) <= 4, "far from the cap"
+    waiting = AdaptiveLimit(cap=10)
+    assert settle(waiting, lambda n: 2.0, rounds=9)[-1] == 10, "one step per answer"
+
+
 def test_it_recovers_when_the_hub_stops_queueing() -> None:
     limit = AdaptiveLimit(cap=8, window=20)
     settle(limit, hub_bound(1))
@@ -56,7 +64,7 @@ def test_bounds() -> None:
 
 
 async def test_the_gate_never_lets_more_than_the_limit_through() -> None:
-    gate = AdaptiveGate(AdaptiveLimit(cap=3))
+    gate = AdaptiveGate(AdaptiveLimit(cap=3, floor=3))
     peak = 0
 
     async def stop() -> None:

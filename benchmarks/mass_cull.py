@@ -1,0 +1,356 @@
+"""Mass cull: 2,000 servers due at once. How fast each culler stops them, against the
+Hub's own floor, and what everybody else's requests feel meanwhile.
+
+On one Hub, in one run, phases take turns, each on 2,000 freshly started servers
+idle for two hours (timeout 600 s):
+
+- ``idle``: no culler at all, the servers running: the baseline latency;
+- ``idle-culler`` / ``hubcull``: the culler, at its default concurrency (10), runs
+  until the Hub's log shows every server stopped;
+- ``floor c=1`` / ``floor c=50``: the same DELETEs sent by a plain aiohttp client at
+  concurrency 1 and 50, nothing else: what the Hub can do.
+
+Throughout, a bystander polls ``GET /users/<someone>`` (its own token) every 50 ms,
+one request at a time; each phase reports the latency of the polls made during it.
+Time to cull = from the start of the phase's first request (the culler's first
+``GET /users``, or the first DELETE) to the end of its last DELETE, from the Hub's log.
+Each round runs the phases in a different order.
+
+    .venv/bin/python benchmarks/mass_cull.py [--smoke]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+import psutil
+from harness import (
+    HUBCULL,
+    IDLE_AGO,
+    INCUMBENT,
+    LABELS,
+    CullerProcess,
+    HubLog,
+    LatencyProbe,
+    bench_hub,
+    count_kinds,
+    create_users,
+    dist,
+    fmt,
+    fmt_ratio,
+    logs_dir,
+    machine,
+    machine_line,
+    md_table,
+    median,
+    note,
+    parse_args,
+    ratio,
+    server_path,
+    start_servers,
+    write_json,
+)
+
+from hubcull.testing import LocalHub, ServerSpec, Service
+
+NAME = "mass_cull"
+SCOPES = ["list:users", "read:servers", "delete:servers"]
+FLOOR = "floor"
+BYSTANDER = "latency"
+PHASES = ("idle-culler", "hubcull", "floor-1", "floor-50")
+LABEL = {
+    "idle": "no culler (baseline)",
+    "idle-culler": f"{LABELS[INCUMBENT]} (concurrency 10)",
+    "hubcull": "hubcull (concurrency 10)",
+    "floor-1": "plain DELETEs, concurrency 1",
+    "floor-50": "plain DELETEs, concurrency 50",
+}
+
+
+@dataclass
+class Sizes:
+    servers: int
+    rounds: int
+    baseline_s: float
+
+
+FULL = Sizes(servers=2000, rounds=2, baseline_s=30)
+SMOKE = Sizes(servers=20, rounds=1, baseline_s=2)
+
+
+def hub_cpu(hub: LocalHub) -> float:
+    """CPU seconds the Hub process has used (the simulated servers' stub runs in it too)."""
+    assert hub.proc is not None
+    t = psutil.Process(hub.proc.pid).cpu_times()
+    return t.user + t.system
+
+
+async def floor_deletes(hub: LocalHub, users: Sequence[str], concurrency: int) -> int:
+    """The same DELETEs a culler sends, from a plain client; returns how many failed."""
+    sem = asyncio.Semaphore(concurrency)
+    failed = 0
+    headers = {"Authorization": f"token {hub.token(FLOOR)}"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(user: str) -> None:
+            nonlocal failed
+            async with sem:
+                async with session.delete(
+                    hub.api_url + server_path(user),
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=120),
+                ) as resp:
+                    await resp.read()
+                    if resp.status not in (202, 204):
+                        failed += 1
+
+        await asyncio.gather(*(one(u) for u in users))
+    return failed
+
+
+def stops_by(hub_log: HubLog, who: str, since: int) -> dict[str, float]:
+    """user -> when the Hub finished the first successful stop of their server by ``who``."""
+    out: dict[str, float] = {}
+    for r in hub_log.by(who, since):
+        if r.kind == "stop" and r.status in (202, 204):
+            out.setdefault(unquote(r.path.split("/")[4]), r.end)
+    return out
+
+
+async def phase(
+    hub: LocalHub,
+    hub_log: HubLog,
+    probe: LatencyProbe,
+    name: str,
+    users: list[str],
+    logs: Path,
+    tag: str,
+    start: bool = True,
+) -> dict[str, Any]:
+    """One phase on fresh servers (``start=False``: they are running already)."""
+    if start:
+        took = await start_servers(hub, [ServerSpec(u, last_activity=IDLE_AGO) for u in users])
+        note(f"  {name}: {len(users)} servers started in {took:.0f}s")
+        await asyncio.sleep(2)
+    since = hub_log.mark()
+    cpu0 = hub_cpu(hub)
+    extra: dict[str, Any] = {}
+    if name in (INCUMBENT, HUBCULL):
+        who = name
+        proc = CullerProcess(
+            name, hub, name, ["--timeout=600", "--cull-every=3600"], logs, name=f"{name}-{tag}"
+        ).start()
+        deadline = time.monotonic() + 900
+        try:
+            while len(stops_by(hub_log, who, since)) < len(users):
+                if not proc.alive:
+                    raise RuntimeError(f"{name} exited:\n{proc.tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not cull everything:\n{proc.tail()}")
+                await asyncio.sleep(0.25)
+            first_request = min(r.start for r in hub_log.by(who, since))
+            extra["culler_cpu_s"] = round(proc.cpu_now() - proc.cpu_before(first_request), 2)
+            extra["culler_peak_rss_mb"] = round(proc.peak_rss() / 2**20, 1)
+        finally:
+            await proc.terminate()
+    else:
+        who = FLOOR
+        extra["failed"] = await floor_deletes(hub, users, int(name.split("-")[1]))
+    cpu1 = hub_cpu(hub)
+    mine = hub_log.by(who, since)
+    stops = stops_by(hub_log, who, since)
+    first = min(r.start for r in mine)
+    last = max(stops.values())
+    latency = probe.window(first, last)
+    await hub.wait_for([(u, "") for u in users], ready=False, timeout=120)
+    return {
+        "phase": name,
+        "servers": len(users),
+        "stopped": len(stops),
+        "seconds": round(last - first, 2),
+        "stops_per_s": round(len(stops) / max(1e-9, last - first), 1),
+        "requests": count_kinds(mine),
+        "hub_cpu_s": round(cpu1 - cpu0, 2),
+        "latency_ms": dist(latency),
+        **extra,
+    }
+
+
+async def baseline(hub: LocalHub, probe: LatencyProbe, users: list[str], seconds: float) -> dict:
+    """The bystander's latency with the servers running and nobody culling them."""
+    took = await start_servers(hub, [ServerSpec(u, last_activity=IDLE_AGO) for u in users])
+    note(f"  idle: {len(users)} servers started in {took:.0f}s")
+    await asyncio.sleep(2)
+    cpu0 = hub_cpu(hub)
+    t0 = time.time()
+    await asyncio.sleep(seconds)
+    t1 = time.time()
+    cpu1 = hub_cpu(hub)
+    return {
+        "phase": "idle",
+        "servers": len(users),
+        "seconds": round(t1 - t0, 1),
+        "hub_cpu_s": round(cpu1 - cpu0, 2),
+        "latency_ms": dist(probe.window(t0, t1)),
+    }
+
+
+async def main_async(sizes: Sizes, logs: Path) -> dict[str, Any]:
+    services = [
+        Service(INCUMBENT, scopes=SCOPES),
+        Service(HUBCULL, scopes=SCOPES),
+        Service(FLOOR, scopes=["delete:servers"]),
+        Service(BYSTANDER, scopes=["read:users"]),
+    ]
+    n = sizes.servers
+    batches = {p: [f"{p.replace('-', '')}-{i:05d}" for i in range(n)] for p in PHASES}
+    results: list[dict[str, Any]] = []
+    async with bench_hub(services, keep_log=logs / "hub.log") as hub:
+        hub_log = HubLog(hub.log_path)
+        await create_users(hub, ["bystander"])
+        # Interleaved ids: every batch spreads over the same range of the user list.
+        await create_users(hub, [u for group in zip(*batches.values(), strict=True) for u in group])
+        async with LatencyProbe(hub, hub.token(BYSTANDER), "bystander") as probe:
+            for rnd in range(sizes.rounds):
+                order = list(PHASES) if rnd % 2 == 0 else list(reversed(PHASES))
+                note(f"round {rnd}: {order}")
+                b = await baseline(hub, probe, batches[order[0]], sizes.baseline_s)
+                b["round"] = rnd
+                results.append(b)
+                note(f"  idle: latency p50 {fmt(b['latency_ms']['p50'])} ms")
+                for i, name in enumerate(order):
+                    # The baseline's servers are the first phase's servers.
+                    r = await phase(
+                        hub, hub_log, probe, name, batches[name], logs, f"r{rnd}", start=i > 0
+                    )
+                    r["round"] = rnd
+                    results.append(r)
+                    note(
+                        f"  {name}: {r['stopped']}/{r['servers']} in {r['seconds']:.1f}s, "
+                        f"latency p50 {fmt(r['latency_ms']['p50'])} p99 "
+                        f"{fmt(r['latency_ms']['p99'])} ms"
+                    )
+    return {"sizes": sizes, "phases": results, "summary": summarize(results)}
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("idle", *PHASES):
+        mine = [r for r in results if r["phase"] == name]
+        if not mine:
+            continue
+        out[name] = {
+            "runs": len(mine),
+            "seconds_median": median([r["seconds"] for r in mine]) if name != "idle" else None,
+            "seconds_all": [r["seconds"] for r in mine],
+            "latency_p50_median": median([r["latency_ms"]["p50"] for r in mine]),
+            "latency_p99_median": median([r["latency_ms"]["p99"] for r in mine]),
+            "latency_max": max(r["latency_ms"]["max"] for r in mine),
+            "hub_cpu_per_1000_stops": median(
+                [1000 * r["hub_cpu_s"] / r["stopped"] for r in mine if r.get("stopped")]
+            ),
+        }
+    return out
+
+
+def tables(data: dict[str, Any]) -> str:
+    s = data["summary"]
+    inc, hc = s["idle-culler"], s["hubcull"]
+    f1, f50, idle = s["floor-1"], s["floor-50"], s["idle"]
+    ratios = md_table(
+        ["", "idle-culler", "hubcull"],
+        [
+            [
+                "time to cull all / Hub floor at concurrency 1",
+                fmt_ratio(ratio(inc["seconds_median"], f1["seconds_median"])),
+                fmt_ratio(ratio(hc["seconds_median"], f1["seconds_median"])),
+            ],
+            [
+                "time to cull all / Hub floor at concurrency 50",
+                fmt_ratio(ratio(inc["seconds_median"], f50["seconds_median"])),
+                fmt_ratio(ratio(hc["seconds_median"], f50["seconds_median"])),
+            ],
+            [
+                "time to cull all, idle-culler / hubcull",
+                fmt_ratio(ratio(inc["seconds_median"], hc["seconds_median"])),
+                "",
+            ],
+            [
+                "bystander p50 latency / idle Hub",
+                fmt_ratio(ratio(inc["latency_p50_median"], idle["latency_p50_median"])),
+                fmt_ratio(ratio(hc["latency_p50_median"], idle["latency_p50_median"])),
+            ],
+            [
+                "bystander p99 latency / idle Hub",
+                fmt_ratio(ratio(inc["latency_p99_median"], idle["latency_p99_median"])),
+                fmt_ratio(ratio(hc["latency_p99_median"], idle["latency_p99_median"])),
+            ],
+        ],
+    )
+    rows = []
+    for name in ("idle", *PHASES):
+        x = s[name]
+        rows.append(
+            [
+                LABEL[name],
+                "-"
+                if name == "idle"
+                else fmt(x["seconds_median"], ".1f", " s")
+                + f" ({', '.join(f'{v:.1f}' for v in x['seconds_all'])})",
+                "-"
+                if name == "idle"
+                else fmt(data["sizes"].servers / x["seconds_median"], ".0f", "/s"),
+                fmt(x["latency_p50_median"], ".1f", " ms"),
+                fmt(x["latency_p99_median"], ".1f", " ms"),
+                fmt(x["latency_max"], ".0f", " ms"),
+                "-" if name == "idle" else fmt(x["hub_cpu_per_1000_stops"], ".1f", " s"),
+            ]
+        )
+    detail = md_table(
+        [
+            f"phase ({data['sizes'].servers} due servers)",
+            "time to stop all, median (each)",
+            "stops per second",
+            "bystander p50",
+            "bystander p99",
+            "bystander max",
+            "Hub CPU per 1,000 stops",
+        ],
+        rows,
+    )
+    return ratios + "\n\n" + detail
+
+
+def main() -> None:
+    args = parse_args(NAME, __doc__)
+    sizes = SMOKE if args.smoke else FULL
+    logs = logs_dir(NAME, args.smoke)
+    info = machine()
+    t0 = time.monotonic()
+    data = asyncio.run(main_async(sizes, logs))
+    elapsed = time.monotonic() - t0
+    print(machine_line(info) + "\n")
+    print(tables(data))
+    print(f"\n(total {elapsed:.0f} s; logs in {logs})")
+    write_json(
+        args.out,
+        {
+            "benchmark": NAME,
+            "smoke": args.smoke,
+            "machine": info,
+            **data,
+            "seconds": round(elapsed, 1),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
