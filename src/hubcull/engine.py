@@ -276,11 +276,12 @@ class Culler:
         self.log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
         gate = self.hub.stop_gate
         if report.servers_stopped:
+            rate = gate.limit.rate(gate.limit.limit)
             self.log.debug(
-                "Stops in flight: limit now %d of %d (fastest recent stop %.0f ms)",
+                "Stops in flight: limit now %d of %d (%s stops/s measured at that limit)",
                 gate.limit.limit,
                 gate.limit.cap,
-                1000 * (gate.limit.base or 0),
+                "no" if rate is None else f"{rate:.1f}",
             )
         return report
 

@@ -2,60 +2,77 @@
 
 A stop costs the Hub about 16 ms of its single event loop, whatever the client's
 concurrency, when the spawner itself is quick. Ten stops in flight then do not stop
-servers any faster than two; they only make everyone else's requests (users'
-page loads, the proxy, other services) wait behind a queue of ten. But with a slow
-spawner (a Kubernetes pod takes seconds to go), the Hub mostly waits, and many
-stops in flight are what make a mass cull fast.
+servers any faster than one; they only make everyone else's requests (users' page
+loads, the proxy, other services) wait behind a queue of ten. But with a slow spawner
+(a Kubernetes pod takes seconds to go, and some take much longer than others), the Hub
+mostly waits, and many stops in flight are what make a mass cull fast.
 
-So the limit adapts, the way TCP Vegas sizes its window. It starts at one stop and
-grows by one for each answer that shows no queue. From the fastest recent
-stop (the Hub's own cost, no queue) and the current one, estimate how many of ours
-wait in the Hub's queue; keep that between ALPHA and BETA. A Hub that queues gets
-fewer stops at once; a Hub that waits on its spawners gets more, up to the cap.
+So the limit climbs a hill: throughput. By Little's law, with ``n`` stops always in
+flight and a mean latency ``L``, stops complete at ``n / L`` per second. The limit
+starts at one stop, measures that rate over a window of answers, and tries one more.
+It keeps the step if the rate rose by at least 30 % of what a perfectly parallel
+spawner would give (``n / (n - 1)``), and goes back otherwise. A Hub that queues
+gains nothing from a second stop, so the limit returns to one and waits longer
+before each new try. A Hub that waits on its spawners gains at every step, up to the
+cap, however much the stop times of individual servers vary.
+
+Latency alone (TCP Vegas: the fastest stop against the current ones) cannot tell a
+queue from spawners whose stop times vary: on Kubernetes it would keep one stop in
+flight. The rate can.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
-ALPHA = 0.3  # fewer of our stops than this queued in the Hub: room for one more
-BETA = 0.6  # more than this: take one away
+MIN_WINDOW = 4  # answers at one level before judging it (and at least one per stop in flight)
+GAIN = 0.3  # share of the ideal gain from one more stop in flight that justifies it
+MAX_HOLD = 32  # windows spent at a level before trying one more, after failed tries
 
 
 class AdaptiveLimit:
-    """A concurrency limit between ``floor`` and ``cap``, steered by latency samples. Pure."""
+    """A concurrency limit between ``floor`` and ``cap``, steered by throughput. Pure."""
 
-    def __init__(self, cap: int, floor: int = 1, window: int = 100):
+    def __init__(self, cap: int, floor: int = 1):
         if cap < 1:
             raise ValueError("cap must be at least 1")
         self.cap = cap
         self.floor = max(1, min(floor, cap))
         # Start low and earn more: a Hub that queues never sees a burst of `cap` stops.
         self.limit = self.floor
-        self._recent: deque[float] = deque(maxlen=window)
-        self._smoothed: float | None = None  # recent latency, smoothed (EWMA)
+        self._latencies: list[float] = []  # this window's answers, at the current limit
+        self._rate: dict[int, float] = {}  # last measured stops per second at each level
+        self._hold = 0  # windows to wait before the next try upwards
+        self._backoff = 1  # the hold after the next failed try
 
-    @property
-    def base(self) -> float | None:
-        """The fastest recent stop: what one costs with nobody ahead of it."""
-        return min(self._recent) if self._recent else None
+    def rate(self, level: int) -> float | None:
+        """Stops per second last measured with ``level`` in flight."""
+        return self._rate.get(level)
 
     def observe(self, latency: float, in_flight: int) -> int:
-        """Feed one completed stop's latency (seconds) and how many were in flight with it."""
-        if latency <= 0:
+        """Feed one completed stop: its latency (seconds), and how many were in flight
+        when it was sent. Only answers sent at the current limit say what it yields."""
+        if latency <= 0 or in_flight != self.limit:
             return self.limit
-        self._recent.append(latency)
-        base = self.base
-        assert base is not None
-        # One lucky stop says little: steer on the smoothed latency.
-        self._smoothed = latency if self._smoothed is None else 0.8 * self._smoothed + 0.2 * latency
-        queued = in_flight * (1.0 - base / self._smoothed)
-        if queued > BETA:
-            self.limit = max(self.floor, self.limit - 1)
-        elif queued < ALPHA and in_flight >= self.limit:
-            # Only grow when the limit is what holds us back.
-            self.limit = min(self.cap, self.limit + 1)
+        self._latencies.append(latency)
+        n = self.limit
+        if len(self._latencies) < max(MIN_WINDOW, n):
+            return n
+        rate = n * len(self._latencies) / sum(self._latencies)
+        self._latencies = []
+        self._rate[n] = rate
+        below = self._rate.get(n - 1)
+        if n > self.floor and below is not None and rate < below * (1 + GAIN / (n - 1)):
+            # One stop fewer did as well: this one only queued. Step back, try later.
+            self.limit = n - 1
+            self._hold = self._backoff
+            self._backoff = min(MAX_HOLD, 2 * self._backoff)
+        elif self._hold > 0:
+            self._hold -= 1
+        elif n < self.cap:
+            self.limit = n + 1
+            if below is not None:
+                self._backoff = 1  # the last step up paid off: climbing is cheap again
         return self.limit
 
 

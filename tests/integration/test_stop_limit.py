@@ -1,0 +1,85 @@
+"""How many stops hubcull keeps in flight, on a real Hub: one when the Hub itself is the
+bottleneck, many when the Hub waits on slow spawners (see hubcull/limits.py).
+
+In-flight counts come from hubcull's own DEBUG log: each answered request is logged
+when it ends, with how long it took, so its start is the log time minus that.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+from hubcull.testing import LocalHub, ServerSpec
+
+from .conftest import run_hubcull
+
+IDLE = 7200.0
+SLACK = 0.002  # seconds
+_DELETE = re.compile(
+    r"^\[D (?P<when>\S+ \S+) hubcull \S+\] DELETE /users/\S+ -> \d{3} \((?P<ms>\d+) ms\)$"
+)
+
+
+def ago(seconds: float) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+
+
+def time_in_flight(log: str) -> Counter[int]:
+    """Seconds spent with each number of DELETEs in flight (0 left out)."""
+    edges: list[tuple[float, int]] = []
+    for line in log.splitlines():
+        m = _DELETE.match(line)
+        if m is None:
+            continue
+        end = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        # Times are logged to the millisecond and durations rounded: a stop sent just
+        # as another ended could seem to overlap it. Count each from 2 ms in.
+        edges += [(end - int(m["ms"]) / 1000 + SLACK, 1), (end, -1)]
+    assert edges, "no DELETE in the log"
+    spent: Counter[int] = Counter()
+    now, last = 0, None
+    for t, step in sorted(edges):  # at equal times, an end (-1) sorts before a start
+        if last is not None and now:
+            spent[now] += t - last
+        now, last = now + step, t
+    return spent
+
+
+async def test_slow_spawners_get_many_stops_at_once(clean_hub: LocalHub) -> None:
+    hub = clean_hub
+    # Each stop takes the spawner 0.2 to 0.9 s (below the Hub's slow_stop_timeout of
+    # 1 s, so the Hub answers 204 when it is done): the Hub mostly waits. The spread
+    # matters: the fastest stop is far below the typical one with no queue at all.
+    delays = [0.2, 0.9, 0.35, 0.75, 0.5]
+    await hub.start_servers(
+        [
+            ServerSpec(f"pod{i:02d}", last_activity=ago(IDLE), stop_delay=delays[i % 5])
+            for i in range(60)
+        ]
+    )
+
+    run = await run_hubcull(hub, "--once", "--timeout=600", "--concurrency=10")
+
+    assert run.code == 0, run
+    assert not await hub.active_servers()
+    assert max(time_in_flight(run.stderr)) >= 5, "the limit climbed"
+
+
+async def test_quick_stops_go_one_at_a_time(clean_hub: LocalHub) -> None:
+    hub = clean_hub
+    await hub.start_servers(
+        [ServerSpec(f"quick{i:03d}", last_activity=ago(IDLE)) for i in range(150)], concurrency=32
+    )
+
+    run = await run_hubcull(hub, "--once", "--timeout=600", "--concurrency=10")
+
+    assert run.code == 0, run
+    assert not await hub.active_servers()
+    # The incumbent's --concurrency=10 would mean ten; a second stop does not cull any
+    # faster here, it only queues in the Hub ahead of its users' requests. The limit
+    # tries two or three now and then, and comes back.
+    spent = time_in_flight(run.stderr)
+    assert max(spent) <= 3, spent
+    assert spent[1] >= 0.5 * sum(spent.values()), spent
