@@ -27,7 +27,11 @@ import asyncio
 
 MIN_WINDOW = 4  # answers at one level before judging it (and at least one per stop in flight)
 GAIN = 0.3  # share of the ideal gain from one more stop in flight that justifies it
-MAX_HOLD = 32  # windows spent at a level before trying one more, after failed tries
+# After a try upwards that did not pay, wait this long (seconds of stopping) before the
+# next, doubling up to the maximum: a Hub that queues sees a second stop only now and
+# then, and a Hub whose spawners slowed down is found out again within seconds.
+FIRST_HOLD = 0.5
+MAX_HOLD = 16.0
 
 
 class AdaptiveLimit:
@@ -42,8 +46,8 @@ class AdaptiveLimit:
         self.limit = self.floor
         self._latencies: list[float] = []  # this window's answers, at the current limit
         self._rate: dict[int, float] = {}  # last measured stops per second at each level
-        self._hold = 0  # windows to wait before the next try upwards
-        self._backoff = 1  # the hold after the next failed try
+        self._hold = 0.0  # seconds of stopping to wait before the next try upwards
+        self._backoff = FIRST_HOLD  # the hold after the next failed try
 
     def rate(self, level: int) -> float | None:
         """Stops per second last measured with ``level`` in flight."""
@@ -58,7 +62,9 @@ class AdaptiveLimit:
         n = self.limit
         if len(self._latencies) < max(MIN_WINDOW, n):
             return n
-        rate = n * len(self._latencies) / sum(self._latencies)
+        total = sum(self._latencies)
+        rate = n * len(self._latencies) / total
+        spent = total / n  # how long the window took, with n stops always in flight
         self._latencies = []
         self._rate[n] = rate
         below = self._rate.get(n - 1)
@@ -68,11 +74,11 @@ class AdaptiveLimit:
             self._hold = self._backoff
             self._backoff = min(MAX_HOLD, 2 * self._backoff)
         elif self._hold > 0:
-            self._hold -= 1
+            self._hold -= spent
         elif n < self.cap:
             self.limit = n + 1
             if below is not None:
-                self._backoff = 1  # the last step up paid off: climbing is cheap again
+                self._backoff = FIRST_HOLD  # the last step up paid off: climb freely again
         return self.limit
 
 
