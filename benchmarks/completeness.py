@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    GROUP_SERVICES,
+    GROUPS,
     HUBCULL,
     IDLE_AGO,
     INCUMBENT,
@@ -38,10 +40,10 @@ from harness import (
     bench_hub,
     count_kinds,
     create_users,
+    finish,
     group_scopes,
     logs_dir,
     machine,
-    machine_line,
     md_table,
     note,
     parse_args,
@@ -50,14 +52,11 @@ from harness import (
     start_servers,
     stop_servers,
     wait_incumbent_pass,
-    write_json,
 )
 
 from hubcull.testing import LocalHub, ServerSpec, Service
 
 NAME = "completeness"
-GROUPS = ("A", "B")
-SERVICES = {"A": "cull-a", "B": "cull-b"}
 CHURN_AGO = 1.0  # churn servers are in use: never due
 
 
@@ -200,7 +199,9 @@ async def one_run(
             args = [*common, "--once"]
         else:
             args = [*common, "--cull-every=36000"]
-        procs[tool] = CullerProcess(tool, hub, SERVICES[g], args, workdir, name=f"{tool}-{tag}")
+        procs[tool] = CullerProcess(
+            tool, hub, GROUP_SERVICES[g], args, workdir, name=f"{tool}-{tag}"
+        )
     for p in procs.values():
         p.start()
     inc, hc = procs[INCUMBENT], procs[HUBCULL]
@@ -264,7 +265,7 @@ async def main_async(
     """Every (size, churn, page) once; churn runs ``repeats[size]`` times (they vary)."""
     repeats = repeats or {}
     runs: list[Run] = []
-    services = [Service(SERVICES[g], scopes=group_scopes(g)) for g in GROUPS]
+    services = [Service(GROUP_SERVICES[g], scopes=group_scopes(g)) for g in GROUPS]
     async with bench_hub(services, keep_log=logs / "hub.log") as hub:
         hub_log = HubLog(hub.log_path)
         k = 0
@@ -383,27 +384,15 @@ def main() -> None:
     t0 = time.monotonic()
     runs = asyncio.run(main_async(sizes, pages, churns, logs, repeats))
     elapsed = time.monotonic() - t0
-    print(machine_line(info) + "\n")
-    print(summary_table(runs) + "\n")
-    print(table(runs))
-    print(f"\n(total {elapsed:.0f} s; logs in {logs})")
-    write_json(
-        args.out,
-        {
-            "benchmark": NAME,
-            "smoke": args.smoke,
-            "machine": info,
-            "config": {
-                "sizes": sizes,
-                "pages": pages,
-                "churn_ops_per_s_per_group": churns,
-                "churn_repeats": repeats,
-            },
-            "summary": summary(runs),
-            "runs": runs,
-            "seconds": round(elapsed, 1),
-        },
-    )
+    config = {
+        "sizes": sizes,
+        "pages": pages,
+        "churn_ops_per_s_per_group": churns,
+        "churn_repeats": repeats,
+    }
+    text = summary_table(runs) + "\n\n" + table(runs)
+    data = {"config": config, "summary": summary(runs), "runs": runs}
+    finish(NAME, args, info, elapsed, text, data)
 
 
 if __name__ == "__main__":

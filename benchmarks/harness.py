@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +52,10 @@ INCUMBENT = "idle-culler"  # jupyterhub-idle-culler 2.0.0
 TOOLS = (INCUMBENT, HUBCULL)
 MODULES = {HUBCULL: "hubcull", INCUMBENT: "jupyterhub_idle_culler"}
 LABELS = {HUBCULL: "hubcull", INCUMBENT: "jupyterhub-idle-culler 2.0.0"}
+
+# Two cullers side by side on one Hub, each restricted to its own group of users.
+GROUPS = ("A", "B")
+GROUP_SERVICES = {"A": "cull-a", "B": "cull-b"}
 
 IDLE_AGO = 7200.0  # seconds since last activity of an idle server (timeout 600 s)
 ACTIVE_AGO = 30.0  # ... of an active one
@@ -635,13 +639,59 @@ def parse_args(
     return args
 
 
+def logs_dir_of(name: str, smoke: bool) -> Path:
+    return RAW / (f"{name}-smoke" if smoke else name)
+
+
 def logs_dir(name: str, smoke: bool) -> Path:
-    """Where a run keeps the Hub's and the cullers' logs (git-ignored)."""
-    path = RAW / (f"{name}-smoke" if smoke else name)
+    """Where a run keeps the Hub's and the cullers' logs (git-ignored): emptied first."""
+    path = logs_dir_of(name, smoke)
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def finish(
+    name: str,
+    args: argparse.Namespace,
+    info: Mapping[str, Any],
+    elapsed: float,
+    text: str,
+    data: Mapping[str, Any],
+    where: str = "",
+) -> None:
+    """The same ending for every benchmark: tables on stdout, the results as JSON."""
+    print(machine_line(info) + "\n")
+    print(text)
+    print(f"\n(total {elapsed:.0f} s; {where}logs in {logs_dir_of(name, args.smoke)})")
+    write_json(
+        args.out,
+        {
+            "benchmark": name,
+            "smoke": args.smoke,
+            "machine": dict(info),
+            **data,
+            "seconds": round(elapsed, 1),
+        },
+    )
+
+
+def run_benchmark(
+    name: str,
+    doc: str | None,
+    full: Any,
+    smoke: Any,
+    run: Callable[[Any, Path], Coroutine[Any, Any, dict[str, Any]]],
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """A benchmark's whole command line: sizes by --smoke, run, print, save."""
+    args = parse_args(name, doc)
+    logs = logs_dir(name, args.smoke)
+    info = machine()
+    t0 = time.monotonic()
+    data = asyncio.run(run(smoke if args.smoke else full, logs))
+    finish(name, args, info, time.monotonic() - t0, render(data), data)
 
 
 def current_commit() -> str:

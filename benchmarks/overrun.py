@@ -31,6 +31,8 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from harness import (
+    GROUP_SERVICES,
+    GROUPS,
     HUBCULL,
     INCUMBENT,
     LABELS,
@@ -44,11 +46,11 @@ from harness import (
     count_kinds,
     create_users,
     dist,
+    finish,
     fmt,
     group_scopes,
     logs_dir,
     machine,
-    machine_line,
     md_table,
     note,
     parse_args,
@@ -56,14 +58,11 @@ from harness import (
     running_servers,
     start_servers,
     stop_servers,
-    write_json,
 )
 
 from hubcull.testing import LocalHub, ServerSpec, Service
 
 NAME = "overrun"
-GROUPS = ("A", "B")
-SERVICES = {"A": "cull-a", "B": "cull-b"}
 
 
 @dataclass
@@ -163,7 +162,7 @@ async def one_run(
     for g, tool in tools.items():
         args = [f"--timeout={cfg.timeout}", f"--cull-every={cull_every}"]
         procs[tool] = CullerProcess(
-            tool, hub, SERVICES[g], args, logs, name=f"{tool}-every{cull_every}"
+            tool, hub, GROUP_SERVICES[g], args, logs, name=f"{tool}-every{cull_every}"
         )
         procs[tool].start()
     activity = asyncio.create_task(drive_activity(hub, schedule))
@@ -172,7 +171,7 @@ async def one_run(
     group_of = {u: g for g in GROUPS for u in users[g]}
     while time.time() < give_up:
         await asyncio.sleep(1.0)
-        stopped = _first_stops(hub_log, since, {SERVICES[g] for g in GROUPS})
+        stopped = _first_stops(hub_log, since, {GROUP_SERVICES[g] for g in GROUPS})
         if all(u in stopped for u in all_users) and activity.done():
             break
     late = await activity
@@ -185,9 +184,9 @@ async def one_run(
     run.window_s = round(end - start, 1)
     run.activity_reports = len(schedule)
     run.max_report_lateness_s = round(max(late.values(), default=0.0), 3)
-    stopped = _first_stops(hub_log, since, {SERVICES[g] for g in GROUPS})
+    stopped = _first_stops(hub_log, since, {GROUP_SERVICES[g] for g in GROUPS})
     for g, tool in tools.items():
-        service = SERVICES[g]
+        service = GROUP_SERVICES[g]
         mine = [r for r in hub_log.refresh()[since:] if r.who == service and r.end <= end]
         overruns = [
             stopped[u][0] - (idle_at[u] + cfg.timeout)
@@ -254,7 +253,7 @@ async def main_async(cfg: Config, logs: Path) -> list[Run]:
     rng = random.Random(11)
     moments = [rng.uniform(0, cfg.spread) for _ in range(cfg.servers)]
     users = {g: [f"{g.lower()}-{i:04d}" for i in range(cfg.servers)] for g in GROUPS}
-    services = [Service(SERVICES[g], scopes=group_scopes(g)) for g in GROUPS]
+    services = [Service(GROUP_SERVICES[g], scopes=group_scopes(g)) for g in GROUPS]
     runs = []
     async with bench_hub(services, keep_log=logs / "hub.log") as hub:
         hub_log = HubLog(hub.log_path)
@@ -404,21 +403,12 @@ def main() -> None:
     elapsed = time.monotonic() - t0
     png = (logs / "overrun.png") if args.smoke else ROOT / "docs" / "img" / "overrun.png"
     plot([asdict(r) for r in runs], png, cfg.timeout)
-    print(machine_line(info) + "\n")
-    print(tables(runs))
-    print(f"\n(total {elapsed:.0f} s; plot {png}; logs in {logs})")
-    write_json(
-        args.out,
-        {
-            "benchmark": NAME,
-            "smoke": args.smoke,
-            "machine": info,
-            "config": cfg,
-            "runs": runs,
-            "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png),
-            "seconds": round(elapsed, 1),
-        },
-    )
+    data = {
+        "config": cfg,
+        "runs": runs,
+        "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png),
+    }
+    finish(NAME, args, info, elapsed, tables(runs), data, where=f"plot {png}; ")
 
 
 def _replot_option(parser: argparse.ArgumentParser) -> None:

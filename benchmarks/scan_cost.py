@@ -43,18 +43,14 @@ from harness import (
     create_users,
     fmt,
     fmt_ratio,
-    logs_dir,
-    machine,
-    machine_line,
     md_table,
     median,
     note,
-    parse_args,
     ratio,
+    run_benchmark,
     start_servers,
     wait_hubcull_pass,
     wait_incumbent_pass,
-    write_json,
 )
 
 from hubcull.testing import LocalHub, ServerSpec, Service
@@ -335,26 +331,7 @@ def tables(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    args = parse_args(NAME, __doc__)
-    sizes = SMOKE if args.smoke else FULL
-    logs = logs_dir(NAME, args.smoke)
-    info = machine()
-    t0 = time.monotonic()
-    data = asyncio.run(main_async(sizes, logs))
-    elapsed = time.monotonic() - t0
-    print(machine_line(info) + "\n")
-    print(tables(data))
-    print(f"\n(total {elapsed:.0f} s; logs in {logs})")
-    write_json(
-        args.out,
-        {
-            "benchmark": NAME,
-            "smoke": args.smoke,
-            "machine": info,
-            **data,
-            "seconds": round(elapsed, 1),
-        },
-    )
+    run_benchmark(NAME, __doc__, FULL, SMOKE, main_async, tables)
 
 
 if __name__ == "__main__":
