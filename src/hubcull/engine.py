@@ -285,16 +285,24 @@ class Culler:
             )
         return report
 
-    async def _walk(self, state: str, report: PassReport) -> None:
+    def _new_walk(self, state: str) -> BackwardWalk:
         # Unset, the Hub's own default page. Larger pages mean fewer requests, but the Hub
         # builds each page in one go on its only event loop: a 200-user page holds every
         # other request (users' page loads, the proxy) for ~100 ms; a 50-user one ~25 ms.
-        walk = BackwardWalk(
+        return BackwardWalk(
             self.page_size or HUB_DEFAULT_PAGE,
             start_hint=self._list_hints.get(state, 0),
             max_climbs=100,
         )
-        queue: asyncio.Queue[User] = asyncio.Queue(maxsize=self.page_size or HUB_DEFAULT_PAGE)
+
+    def _listing_is_cheaper(self, looks: int) -> bool:
+        """Would one listing of the active users cost fewer requests than ``looks``
+        single-user reads? (Judged on the pages the last listing took.)"""
+        return looks > 1 and looks >= self._last_listing_pages
+
+    async def _walk(self, state: str, report: PassReport) -> None:
+        walk = self._new_walk(state)
+        queue: asyncio.Queue[User] = asyncio.Queue(maxsize=walk.page_size)
         workers = [
             asyncio.create_task(self._serve(queue, walk, report)) for _ in range(self.workers)
         ]
@@ -438,7 +446,7 @@ class Culler:
         users = list(dict.fromkeys(user for user, _ in due))
         if not users:
             return None
-        if len(users) > 1 and len(users) >= self._last_listing_pages:
+        if self._listing_is_cheaper(len(users)):
             # Many at once: one full listing re-reads them all for fewer requests.
             self.log.debug("%d users due at once: a full pass instead", len(users))
             return await self.run_pass()
@@ -686,9 +694,9 @@ class Culler:
         records = self.ledger.records()
         if not records:
             return
-        if len(records) > 1 and len(records) >= self._last_listing_pages:
-            # One listing of the active users confirms many stops for fewer requests
-            # than one look per stop; what it cannot settle is looked at one by one.
+        if self._listing_is_cheaper(len(records)):
+            # One listing of the active users confirms many stops at once; what it
+            # cannot settle is looked at one by one.
             try:
                 await self._sweep_ledger()
             except (HubError, WalkError) as e:
@@ -710,11 +718,7 @@ class Culler:
         """
         wanted = {rec.user for rec in self.ledger.records()}
         listed: dict[str, dict[str, Server]] = {}
-        walk = BackwardWalk(
-            self.page_size or HUB_DEFAULT_PAGE,
-            start_hint=self._list_hints.get("active", 0),
-            max_climbs=100,
-        )
+        walk = self._new_walk("active")
         while (req := walk.next_request()) is not None:
             if self.stopping.is_set():
                 return
