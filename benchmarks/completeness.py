@@ -39,7 +39,6 @@ from harness import (
     add_to_group,
     bench_hub,
     count_kinds,
-    create_users,
     finish,
     group_scopes,
     logs_dir,
@@ -47,14 +46,11 @@ from harness import (
     md_table,
     note,
     parse_args,
-    running_servers,
-    server_path,
     start_servers,
-    stop_servers,
     wait_incumbent_pass,
 )
 
-from hubcull.testing import LocalHub, ServerSpec, Service
+from hubcull.testing import LocalHub, ServerSpec, Service, server_path
 
 NAME = "completeness"
 CHURN_AGO = 1.0  # churn servers are in use: never due
@@ -208,7 +204,7 @@ async def one_run(
     await asyncio.gather(wait_incumbent_pass(inc, hub_log, since), hc.wait(timeout=900))
     if churn is not None:
         run.churn_ops = await churn.stop()
-    running = await running_servers(hub)
+    running = set(await hub.active_servers())
     await inc.terminate()
     for g, tool in tools.items():
         p = procs[tool]
@@ -243,7 +239,9 @@ async def one_run(
             else "",
         }
     # Clean up for the next run: every server of both groups stopped.
-    await stop_servers(hub, sorted(running & {(u, "") for g in GROUPS for u in lay[g].users}))
+    await hub.stop_servers(
+        sorted(running & {(u, "") for g in GROUPS for u in lay[g].users}), timeout=300
+    )
     run.seconds = round(time.monotonic() - t_run, 1)
     return run
 
@@ -273,7 +271,7 @@ async def main_async(
             active = max(2, size // 100)
             lay = layouts(size, active, churn=max(10, size // 10))
             names = [u for pair in zip(lay["A"].users, lay["B"].users, strict=True) for u in pair]
-            await create_users(hub, names)
+            await hub.create_users(names)
             for g in GROUPS:
                 await add_to_group(hub, g, lay[g].users)
             for rate in churns:

@@ -89,16 +89,6 @@ async def bench_hub(services: Iterable[Service], **kwargs: Any) -> AsyncIterator
         await hub.close()
 
 
-def server_path(user: str, name: str = "") -> str:
-    base = f"/users/{quote(user, safe='')}"
-    return f"{base}/servers/{quote(name, safe='')}" if name else f"{base}/server"
-
-
-async def create_users(hub: LocalHub, names: Sequence[str]) -> None:
-    """In this order (the Hub lists users by id, i.e. by creation), 500 per request."""
-    await hub.create_users(list(names))
-
-
 async def add_to_group(hub: LocalHub, group: str, names: Sequence[str]) -> None:
     status, data = await hub.api("POST", f"/groups/{group}", body={})
     if status not in (201, 409):
@@ -116,26 +106,6 @@ async def start_servers(hub: LocalHub, specs: Sequence[ServerSpec], concurrency:
     t0 = time.monotonic()
     await hub.start_servers(list(specs), concurrency=concurrency)
     return time.monotonic() - t0
-
-
-async def stop_servers(
-    hub: LocalHub, servers: Iterable[tuple[str, str]], concurrency: int = 16
-) -> None:
-    """Stop these servers with the admin token (cleanup between runs) and wait until gone."""
-    wanted = list(servers)
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(user: str, name: str) -> None:
-        async with sem:
-            await hub.api("DELETE", server_path(user, name))
-
-    await asyncio.gather(*(one(u, n) for u, n in wanted))
-    await hub.wait_for(wanted, ready=False, timeout=300)
-
-
-async def running_servers(hub: LocalHub) -> set[tuple[str, str]]:
-    """Every active (pending or ready) server, from the Hub itself (admin token)."""
-    return set(await hub.active_servers())
 
 
 # --- the Hub's access log ----------------------------------------------------------------

@@ -41,7 +41,6 @@ from harness import (
     LatencyProbe,
     bench_hub,
     count_kinds,
-    create_users,
     dist,
     fmt,
     fmt_ratio,
@@ -50,11 +49,10 @@ from harness import (
     note,
     ratio,
     run_benchmark,
-    server_path,
     start_servers,
 )
 
-from hubcull.testing import LocalHub, ServerSpec, Service
+from hubcull.testing import LocalHub, ServerSpec, Service, server_path
 
 NAME = "mass_cull"
 SCOPES = ["list:users", "read:servers", "delete:servers"]
@@ -211,9 +209,9 @@ async def main_async(sizes: Sizes, logs: Path) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     async with bench_hub(services, keep_log=logs / "hub.log") as hub:
         hub_log = HubLog(hub.log_path)
-        await create_users(hub, ["bystander"])
+        await hub.create_users(["bystander"])
         # Interleaved ids: every batch spreads over the same range of the user list.
-        await create_users(hub, [u for group in zip(*batches.values(), strict=True) for u in group])
+        await hub.create_users([u for group in zip(*batches.values(), strict=True) for u in group])
         async with LatencyProbe(hub, hub.token(BYSTANDER), "bystander") as probe:
             for rnd in range(sizes.rounds):
                 order = list(PHASES) if rnd % 2 == 0 else list(reversed(PHASES))

@@ -44,7 +44,6 @@ from harness import (
     add_to_group,
     bench_hub,
     count_kinds,
-    create_users,
     dist,
     finish,
     fmt,
@@ -55,9 +54,7 @@ from harness import (
     note,
     parse_args,
     ratio,
-    running_servers,
     start_servers,
-    stop_servers,
 )
 
 from hubcull.testing import LocalHub, ServerSpec, Service
@@ -178,9 +175,9 @@ async def one_run(
     end = time.time()
     for p in procs.values():
         await p.terminate()
-    left = await running_servers(hub)
+    left = set(await hub.active_servers())
     if left:
-        await stop_servers(hub, sorted(left))
+        await hub.stop_servers(sorted(left), timeout=300)
     run.window_s = round(end - start, 1)
     run.activity_reports = len(schedule)
     run.max_report_lateness_s = round(max(late.values(), default=0.0), 3)
@@ -257,8 +254,8 @@ async def main_async(cfg: Config, logs: Path) -> list[Run]:
     runs = []
     async with bench_hub(services, keep_log=logs / "hub.log") as hub:
         hub_log = HubLog(hub.log_path)
-        await create_users(
-            hub, [u for pair in zip(users["A"], users["B"], strict=True) for u in pair]
+        await hub.create_users(
+            [u for pair in zip(users["A"], users["B"], strict=True) for u in pair]
         )
         for g in GROUPS:
             await add_to_group(hub, g, users[g])

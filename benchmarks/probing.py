@@ -30,7 +30,6 @@ from harness import (
     HubLog,
     bench_hub,
     count_kinds,
-    create_users,
     fmt,
     md_table,
     median,
@@ -132,7 +131,7 @@ async def main_async(sizes: Sizes, logs: Path) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     async with bench_hub([Service(HUBCULL)], keep_log=logs / "hub.log") as hub:
         hub_log = HubLog(hub.log_path)
-        await create_users(hub, names)
+        await hub.create_users(names)
         t0 = time.monotonic()
         await start_servers(hub, specs)
         note(f"{sizes.servers} servers ({sizes.due} due) started in {time.monotonic() - t0:.0f}s")

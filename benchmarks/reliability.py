@@ -39,7 +39,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 
 from hubcull.model import ModelError, parse_user
-from hubcull.testing import LocalHub, ServerSpec, Service
+from hubcull.testing import LocalHub, ServerSpec, Service, server_path
 from hubcull.testing.faults import FaultProxy, FaultRule
 
 IDLE_AGO = 7200.0  # seconds: far past the 600 s timeout
@@ -158,15 +158,6 @@ def parse_log(text: str) -> LogFacts:
         if ln.level == "E" and "an operator should look" in msg:
             facts.operator_alerts.append(ln)
     return facts
-
-
-def server_path(spec: ServerSpec) -> str:
-    user = quote(spec.user, safe="")
-    return (
-        f"/users/{user}/servers/{quote(spec.name, safe='')}"
-        if spec.name
-        else f"/users/{user}/server"
-    )
 
 
 def subject(spec: ServerSpec) -> str:
@@ -738,13 +729,17 @@ async def lost_stops(
         swallowed: dict[str, int] = {}
         for spec in fleet.specs:
             if spec.ignore_stops:
-                accepted = [st for _, st in facts.deletes(server_path(spec)) if 200 <= st < 300]
+                accepted = [
+                    st
+                    for _, st in facts.deletes(server_path(spec.user, spec.name))
+                    if 200 <= st < 300
+                ]
                 swallowed[subject(spec)] = min(spec.ignore_stops, len(accepted))
         once = [s for s in fleet.idle if s.ignore_stops]
         last_lost = [
-            next(ln for ln, st in facts.deletes(server_path(s)) if 200 <= st < 300)
+            next(ln for ln, st in facts.deletes(server_path(s.user, s.name)) if 200 <= st < 300)
             for s in once
-            if facts.deletes(server_path(s))
+            if facts.deletes(server_path(s.user, s.name))
         ]
         fault_end = to_monotonic(max(ln.wall for ln in last_lost)) if last_lost else None
         always = fleet.unstoppable[0]
@@ -762,7 +757,9 @@ async def lost_stops(
             problems=[],
             details={
                 "swallowed": swallowed,
-                "stops_sent_to_unstoppable": len(facts.deletes(server_path(always))),
+                "stops_sent_to_unstoppable": len(
+                    facts.deletes(server_path(always.user, always.name))
+                ),
                 "unstoppable_running": (always.user, always.name) in (await hub_state(hub)).running,
             },
         )

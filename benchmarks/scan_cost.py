@@ -40,7 +40,6 @@ from harness import (
     HubLog,
     bench_hub,
     count_kinds,
-    create_users,
     fmt,
     fmt_ratio,
     md_table,
@@ -160,7 +159,7 @@ class Fleet:
     async def grow(self, hub: LocalHub, users: int, running: int) -> float:
         t0 = time.monotonic()
         new = [f"user-{i:06d}" for i in range(len(self.users), users)]
-        await create_users(hub, new)
+        await hub.create_users(new)
         self.users += new
         note(f"  {len(new)} users created in {time.monotonic() - t0:.0f}s")
         idle = [u for u in self.users if u not in self.running]

@@ -1,6 +1,15 @@
 """A real local JupyterHub for hubcull's tests, benchmarks and demo (needs the `demo` extra)."""
 
-from .hub import CULLER_SCOPES, HubStartError, LocalHub, ServerSpec, Service, find_chp, free_port
+from .hub import (
+    CULLER_SCOPES,
+    HubStartError,
+    LocalHub,
+    ServerSpec,
+    Service,
+    find_chp,
+    free_port,
+    server_path,
+)
 
 __all__ = [
     "CULLER_SCOPES",
@@ -10,4 +19,5 @@ __all__ = [
     "Service",
     "find_chp",
     "free_port",
+    "server_path",
 ]

@@ -53,6 +53,12 @@ class HubStartError(RuntimeError):
     pass
 
 
+def server_path(user: str, name: str = "") -> str:
+    """The Hub API path of a user's default (``name=""``) or named server."""
+    base = f"/users/{quote(user, safe='')}"
+    return f"{base}/servers/{quote(name, safe='')}" if name else f"{base}/server"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -425,9 +431,7 @@ c.JupyterHub.load_roles = {roles!r}
         sem = asyncio.Semaphore(concurrency)
 
         async def one(spec: ServerSpec) -> None:
-            path = f"/users/{quote(spec.user, safe='')}/server" + (
-                f"s/{quote(spec.name, safe='')}" if spec.name else ""
-            )
+            path = server_path(spec.user, spec.name)
             async with sem:
                 status, data = await self.api("POST", path, body=spec.user_options())
             if status not in (201, 202):
@@ -500,18 +504,28 @@ c.JupyterHub.load_roles = {roles!r}
         self.secrets.add(data["token"])
         return data["token"]
 
-    async def reset(self) -> None:
-        """Stop every server, delete every user but the token owner: a clean Hub."""
-        active = await self.active_servers()
+    async def stop_servers(
+        self,
+        servers: Iterable[tuple[str, str]],
+        remove_named: bool = False,
+        concurrency: int = 16,
+        timeout: float = 60,
+    ) -> None:
+        """Stop these (user, server) with the admin token and wait until they are gone."""
+        wanted = list(servers)
+        sem = asyncio.Semaphore(concurrency)
 
         async def stop(user: str, server: str) -> None:
-            path = f"/users/{quote(user, safe='')}/server" + (
-                f"s/{quote(server, safe='')}" if server else ""
-            )
-            await self.api("DELETE", path, body={"remove": True} if server else None)
+            body = {"remove": True} if server and remove_named else None
+            async with sem:
+                await self.api("DELETE", server_path(user, server), body=body)
 
-        await asyncio.gather(*(stop(u, s) for (u, s) in active))
-        await self.wait_for(list(active), ready=False, timeout=60)
+        await asyncio.gather(*(stop(u, s) for (u, s) in wanted))
+        await self.wait_for(wanted, ready=False, timeout=timeout)
+
+    async def reset(self) -> None:
+        """Stop every server, delete every user but the token owner: a clean Hub."""
+        await self.stop_servers(await self.active_servers(), remove_named=True)
         names = [n for n in await self.user_names() if n != TOKEN_OWNER]
         sem = asyncio.Semaphore(16)
 
