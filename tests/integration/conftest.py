@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,11 @@ class Run:
 # knew: scanned once more at the end of the session, on top of the per-run checks.
 SESSION_OUTPUT: list[str] = []
 SESSION_SECRETS: set[str] = set()
+
+
+def ago(seconds: float) -> datetime:
+    """A moment ``seconds`` before now (UTC), e.g. for a server's last activity."""
+    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 def assert_no_secret(hub: LocalHub, text: str) -> None:

@@ -5,16 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hubcull.testing import LocalHub, ServerSpec
 
-from .conftest import run_hubcull
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+from .conftest import ago, run_hubcull
 
 
 def half_hour_idle() -> list[ServerSpec]:

@@ -11,17 +11,13 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from hubcull.testing import LocalHub, ServerSpec
 
-from .conftest import assert_no_secret
+from .conftest import ago, assert_no_secret
 
 TIMEOUT = 10
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 async def gone(hub: LocalHub, user: str, within: float) -> float | None:

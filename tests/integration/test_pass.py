@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from hubcull.testing import LocalHub, ServerSpec
 
-from .conftest import run_hubcull
+from .conftest import ago, run_hubcull
 
 NOW = datetime.now(timezone.utc)
 IDLE = 7200.0  # seconds ago: well past the 600 s timeout used below
 FRESH = 30.0
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 async def test_culls_idle_servers_and_keeps_active_ones(clean_hub: LocalHub) -> None:

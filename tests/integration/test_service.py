@@ -7,16 +7,11 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 
 from hubcull.testing import CULLER_SCOPES, LocalHub, ServerSpec, Service
 from hubcull.testing.faults import FaultProxy, FaultRule
 
-from .conftest import assert_no_secret, run_hubcull
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+from .conftest import ago, assert_no_secret, run_hubcull
 
 
 async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hubcull.testing import LocalHub, ServerSpec, free_port
 
-from .conftest import run_hubcull
+from .conftest import ago, run_hubcull
 
 MINIMAL = ["list:users", "read:servers", "delete:servers"]
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 def error_lines(stderr: str) -> list[str]:

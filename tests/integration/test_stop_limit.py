@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from hubcull.testing import LocalHub, ServerSpec
 
-from .conftest import run_hubcull
+from .conftest import ago, run_hubcull
 
 IDLE = 7200.0
 SLACK = 0.002  # seconds
 _DELETE = re.compile(
     r"^\[D (?P<when>\S+ \S+) hubcull \S+\] DELETE /users/\S+ -> \d{3} \((?P<ms>\d+) ms\)$"
 )
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 def time_in_flight(log: str) -> Counter[int]:
