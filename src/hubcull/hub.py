@@ -269,7 +269,8 @@ class HubClient:
         self._sem = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         self._session: aiohttp.ClientSession | None = None
         self.stats = RequestStats()
-        # Stops in flight: adaptive between 1 and the concurrency limit (see limits.py).
+        # Stops (and page reads) in flight: adaptive between 1 and the concurrency
+        # limit (see limits.py).
         self.stop_gate = AdaptiveGate(AdaptiveLimit(cap=concurrency if concurrency > 0 else 50))
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()
@@ -540,9 +541,16 @@ class HubClient:
     async def list_users_page(self, state: str, offset: int, limit: int) -> ListPage:
         """One page of ``GET /users?state=...`` in the paginated form."""
         params = {"state": state, "offset": offset, "limit": limit}
-        data = await self.get_json(
-            "/users", params=params, accept=PAGINATION_MEDIA_TYPE, kind="list"
-        )
+        # A page holds the Hub's event loop as long as several stops do: it takes a
+        # place among the stops in flight, so a mass cull never has a page read on top
+        # of its stops (everyone else's requests would wait behind both).
+        in_flight = await self.stop_gate.acquire()
+        try:
+            data = await self.get_json(
+                "/users", params=params, accept=PAGINATION_MEDIA_TYPE, kind="list"
+            )
+        finally:
+            await self.stop_gate.release(None, in_flight)
         if isinstance(data, list):
             raise BadResponse(
                 "GET /users answered without pagination: hubcull needs JupyterHub >= 2.0"
