@@ -56,7 +56,10 @@ class BackwardWalk:
             raise ValueError("page_size must be at least 1")
         self.page_size = page_size
         self.limit: int | None = None  # what the Hub really serves (it caps page sizes)
-        self._next: PageRequest | None = PageRequest(max(0, start_hint - page_size), page_size)
+        # Aim the first page so that, if the list has not grown, it comes back short:
+        # it then holds the end of the list and no request is spent looking for it.
+        first = max(0, start_hint - (page_size - self.overlap))
+        self._next: PageRequest | None = PageRequest(first, page_size)
         self._found_top = False
         # Names read in the last two accepted pages, and recent survivors, in insertion order.
         self._recent_pages: list[set[str]] = []

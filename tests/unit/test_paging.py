@@ -124,6 +124,19 @@ def test_no_churn_costs_little_more_than_a_forward_walk() -> None:
     assert walk.climbs == 0
 
 
+@pytest.mark.parametrize("total", [200, 450, 2000])
+def test_a_hint_from_last_pass_spends_no_request_finding_the_end(total: int) -> None:
+    """With the list unchanged since the hint, the first page comes back short: the
+    walk reads exactly the pages that tile the list with their overlaps."""
+    live = LiveList(list(range(total)))
+    processed, walk, _ = walk_all(live, 200, random.Random(5), start_hint=total)
+    assert processed == {f"u{i}" for i in range(total)}
+    step = 200 - walk.overlap
+    # A short first page of `step` users, then one page per `step` users below it.
+    assert walk.requests == 1 + -(-(total - step) // step)
+    assert walk.climbs == 0
+
+
 def test_culling_everything_while_walking_skips_nobody() -> None:
     # The incumbent's failure: 450 idle users, small pages, all stopped during the walk.
     live = LiveList(list(range(450)))
