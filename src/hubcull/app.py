@@ -23,13 +23,31 @@ from textwrap import dedent
 from typing import Any
 
 from tornado.log import LogFormatter
-from traitlets import Bool, Callable, Float, Int, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Callable,
+    CaselessStrEnum,
+    Float,
+    Int,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import Application, ArgumentError
 from traitlets.config.loader import ConfigFileNotFound, KVArgParseConfigLoader
 
 from . import __version__
 from .activity import ProbeError, Prober
-from .engine import Culler, PassReport, StartupError, preflight, run_scheduled, utcnow
+from .engine import (
+    DEADLINE_MODES,
+    Culler,
+    PassReport,
+    StartupError,
+    preflight,
+    run_scheduled,
+    utcnow,
+)
 from .hub import (
     HubClient,
     HubError,
@@ -53,7 +71,7 @@ _RANGES: dict[str, tuple[float, bool, float, str]] = {
     "timeout": (0, False, MAX_SECONDS, "a positive number of seconds"),
     "cull_every": (0, True, MAX_SECONDS, "0 (half the timeout) or a number of seconds"),
     "max_age": (0, True, MAX_SECONDS, "0 (off) or a number of seconds"),
-    "api_page_size": (0, True, 1_000_000, "0 (as large as the Hub allows) or a page size"),
+    "api_page_size": (0, True, 1_000_000, "0 (the Hub's default) or a page size"),
     "concurrency": (0, True, 10_000, "0 (no limit) or a positive number"),
     "retries": (0, True, 20, "between 0 and 20"),
     "busy_timeout": (0, True, MAX_SECONDS, "0 (no limit) or a number of seconds"),
@@ -189,7 +207,8 @@ class IdleCuller(Application):
         help=_help(
             """
             Users per page when listing users (the Hub caps it at its api_page_max_limit,
-            200 by default). 0: 50, the Hub's default. Larger pages mean fewer requests, but
+            200 by default). 0: 50, the Hub's default (200 with --deadline-checks=budget).
+            Larger pages mean fewer requests, but
             the Hub builds each one in a single step on its only event loop, holding every
             other request meanwhile (about 0.5 ms per user here).
             """
@@ -346,6 +365,24 @@ class HubCull(IdleCuller):
         ),
     ).tag(config=True)
 
+    deadline_checks = CaselessStrEnum(
+        list(DEADLINE_MODES),
+        default_value="always",
+        help=_help(
+            """
+            Between full passes, hubcull wakes at each running server's deadline, re-reads
+            that user (activity may have moved) and stops the server if it is still due.
+            always: every deadline, one small Hub request per server that becomes due
+            (stops within a second of the deadline). budget: never more Hub reads than a
+            culler that lists every user every cull_every at the same page size
+            (jupyterhub-idle-culler); hubcull then asks for pages of 200 (unless
+            --api-page-size is set) and spends what that saves on deadline checks,
+            batching them when many fall due. off: no deadline checks; servers wait for
+            the next full pass.
+            """
+        ),
+    ).tag(config=True)
+
     stop_wait = Float(
         60.0,
         help=_help(
@@ -459,6 +496,7 @@ class HubCull(IdleCuller):
         "probe-timeout": "HubCull.probe_timeout",
         "proxy-url": "HubCull.proxy_url",
         "cpu-threshold": "HubCull.cpu_threshold",
+        "deadline-checks": "HubCull.deadline_checks",
         "log-level": "Application.log_level",
     }
     # A flag and an alias of the same name: "--cull-users" alone means True,
@@ -666,6 +704,7 @@ class HubCull(IdleCuller):
                 workers=self.concurrency or 50,
                 stop_wait=self.stop_wait,
                 verify_stops=self.once,
+                deadline_checks=self.deadline_checks.lower(),
                 prober=self._prober(hub),
                 probe_rules=ProbeRules(
                     busy_timeout=self.busy_timeout,

@@ -31,6 +31,7 @@ from .activity import (
     Prober,
     hub_activity_without_our_probes,
 )
+from .budget import ReadBudget, reference_pass_cost
 from .hub import HubAPIError, HubClient, HubError, Identity, StopOutcome, scope_granted
 from .model import ModelError, Server, User, parse_user
 from .paging import BackwardWalk, WalkError
@@ -51,6 +52,11 @@ from .stops import Sighting, StopLedger, StopRecord
 Clock = Callable[[], datetime]
 # Page size asked for when --api-page-size is 0: JupyterHub's api_page_default_limit.
 HUB_DEFAULT_PAGE = 50
+# Pages asked for under a read budget (the Hub caps them at its api_page_max_limit).
+BUDGET_PAGE = 200
+# --deadline-checks: re-read every server at its deadline; only within a read budget
+# (never more reads than a culler listing every interval); never (wait for the pass).
+DEADLINE_MODES = ("always", "budget", "off")
 Arbiter = Callable[..., Any]
 
 
@@ -212,10 +218,13 @@ class Culler:
         max_stop_attempts: int = 3,
         prober: Prober | None = None,
         probe_rules: ProbeRules | None = None,
+        deadline_checks: str = "always",
         clock: Clock = utcnow,
         log: logging.Logger | None = None,
         emit: Callable[[str], None] | None = None,
     ):
+        if deadline_checks not in DEADLINE_MODES:
+            raise ValueError(f"deadline_checks must be one of {', '.join(DEADLINE_MODES)}")
         self.hub = hub
         self.rules = rules
         self.arbiter = arbiter
@@ -240,16 +249,33 @@ class Culler:
         self.probe_rules = probe_rules or ProbeRules()
         self._probe_memory: dict[tuple[str, str], ProbeMemory] = {}
         self._probe_warned: set[tuple[str, str, datetime | None]] = set()
-        # Deadlines before `horizon` (the next full pass, set by the runner) are kept,
-        # and the runner wakes at each of them; None (--once) keeps none.
+        # Deadlines before `horizon` (past the next full pass) are kept, and the runner
+        # wakes at each of them; None (--once, --deadline-checks=off) keeps none.
+        self.deadline_checks = deadline_checks
         self.deadlines = DeadlineQueue()
         self.horizon: datetime | None = None
         self.deadlines_changed = asyncio.Event()
-        self._last_listing_pages = 1_000_000  # pages of the last full listing (unknown yet)
+        self.pass_every: float | None = None  # set by the runner: full passes this often
+        self.last_pass_started: datetime | None = None
+        self._last_pass_reads = 1_000_000  # Hub reads of the last full pass (unknown yet)
+        # --deadline-checks=budget: deadline checks wait until they can be paid for.
+        self.budget: ReadBudget | None = None
+        self._deadlines_not_before: datetime | None = None
+
+    def run_every(self, every: float) -> None:
+        """Full passes every ``every`` seconds (the runner's cadence), deadlines between."""
+        self.pass_every = every
+        if self.deadline_checks == "budget":
+            self.budget = ReadBudget(window=every)
 
     async def run_pass(self) -> PassReport:
         report = PassReport(started=self.clock(), dry_run=self.dry_run)
+        self.last_pass_started = report.started
+        if self.pass_every is not None and self.deadline_checks != "off":
+            # Deadlines up to one and a half intervals ahead: past the next pass's end.
+            self.horizon = report.started + timedelta(seconds=1.5 * self.pass_every)
         requests_before = self.hub.stats.total
+        reads_before = self.hub.stats.reads
         self.ledger.begin_pass()
         self.deadlines.begin_pass()
         for memory in self._probe_memory.values():
@@ -261,6 +287,9 @@ class Culler:
                 await self._walk("inactive", report)
             await self._walk("active", report)
             report.complete = not self.stopping.is_set()
+            if report.complete:
+                # What a full listing costs: the yardstick for reading users one by one.
+                self._last_pass_reads = self.hub.stats.reads - reads_before
             self.ledger.end_pass(report.complete)
             if report.complete:
                 self._probe_memory = {k: m for k, m in self._probe_memory.items() if m.seen}
@@ -273,6 +302,7 @@ class Culler:
         finally:
             report.finished = self.clock()
             report.requests = self.hub.stats.total - requests_before
+            self._settle_budget(self.hub.stats.reads - reads_before, report)
         self.log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
         gate = self.hub.stop_gate
         if report.servers_stopped:
@@ -285,20 +315,42 @@ class Culler:
             )
         return report
 
+    def _settle_budget(self, reads: int, report: PassReport) -> None:
+        """Pay for a pass's reads; after a whole one, re-price the reference culler."""
+        if self.budget is None:
+            return
+        now = report.started.timestamp()
+        self.budget.charge(reads, now)
+        if report.complete:
+            states = ("inactive", "active") if self.rules.cull_users else ("active",)
+            totals = [self._list_hints.get(state, 0) for state in states]
+            ref = reference_pass_cost(totals, self.page_size or HUB_DEFAULT_PAGE)
+            self.budget.set_allowance(ref, now)
+            self.log.debug(
+                "Read budget: %d Hub reads per %ss (a culler listing every interval); "
+                "this pass read %d, %d left",
+                ref,
+                self.pass_every,
+                reads,
+                self.budget.affordable(now),
+            )
+
     def _new_walk(self, state: str) -> BackwardWalk:
         # Unset, the Hub's own default page. Larger pages mean fewer requests, but the Hub
         # builds each page in one go on its only event loop: a 200-user page holds every
         # other request (users' page loads, the proxy) for ~100 ms; a 50-user one ~25 ms.
+        # Under a read budget, the requests saved are what pays for deadline checks.
+        default = BUDGET_PAGE if self.budget is not None else HUB_DEFAULT_PAGE
         return BackwardWalk(
-            self.page_size or HUB_DEFAULT_PAGE,
+            self.page_size or default,
             start_hint=self._list_hints.get(state, 0),
             max_climbs=100,
         )
 
     def _listing_is_cheaper(self, looks: int) -> bool:
-        """Would one listing of the active users cost fewer requests than ``looks``
-        single-user reads? (Judged on the pages the last listing took.)"""
-        return looks > 1 and looks >= self._last_listing_pages
+        """Would one full listing cost fewer requests than ``looks`` single-user reads?
+        (Judged on the reads the last full pass took.)"""
+        return looks > 1 and looks >= self._last_pass_reads
 
     async def _walk(self, state: str, report: PassReport) -> None:
         walk = self._new_walk(state)
@@ -328,8 +380,6 @@ class Culler:
             await asyncio.gather(*workers, return_exceptions=True)
         if walk.total_seen is not None:
             self._list_hints[state] = walk.total_seen
-        if state == "active":
-            self._last_listing_pages = walk.requests
         report.page_climbs += walk.climbs
         if walk.unconfirmed:
             self.log.warning(
@@ -436,22 +486,42 @@ class Culler:
         if first is None or v.due_at < first:
             self.deadlines_changed.set()
 
+    def next_deadline_wake(self) -> datetime | None:
+        """When the runner should next call :meth:`check_deadlines`."""
+        nxt = self.deadlines.next_due()
+        if nxt is not None and self._deadlines_not_before is not None:
+            return max(nxt, self._deadlines_not_before)
+        return nxt
+
     async def check_deadlines(self) -> PassReport | None:
         """Re-read the users whose servers' deadlines have come, and cull what is still due.
 
         One small request per user (activity may have moved since the last pass), then
-        the same decision as in a pass. Returns a report when anything was due.
+        the same decision as in a pass; or one full pass when that reads less. Under a
+        read budget, only what can be paid now; the rest waits. Returns a report when
+        anything was checked.
         """
-        due = self.deadlines.pop_due(self.clock())
+        now = self.clock()
+        self._deadlines_not_before = None
+        due = self.deadlines.due(now)
         users = list(dict.fromkeys(user for user, _ in due))
         if not users:
             return None
-        if self._listing_is_cheaper(len(users)):
+        listing = self._listing_is_cheaper(len(users))
+        if self.budget is not None:
+            users, listing = self._affordable_checks(users, listing, now)
+            if not users:
+                return None
+        for key in due:
+            if key[0] in users:
+                self.deadlines.discard(key)
+        if listing:
             # Many at once: one full listing re-reads them all for fewer requests.
             self.log.debug("%d users due at once: a full pass instead", len(users))
             return await self.run_pass()
-        report = PassReport(started=self.clock(), dry_run=self.dry_run, complete=True)
+        report = PassReport(started=now, dry_run=self.dry_run, complete=True)
         requests_before = self.hub.stats.total
+        reads_before = self.hub.stats.reads
 
         async def one(name: str) -> None:
             if name in self._inflight or self.stopping.is_set():
@@ -471,6 +541,8 @@ class Culler:
         await asyncio.gather(*(one(name) for name in users))
         report.finished = self.clock()
         report.requests = self.hub.stats.total - requests_before
+        if self.budget is not None:
+            self.budget.charge(self.hub.stats.reads - reads_before, now.timestamp())
         acted = report.servers_stopped or report.users_deleted or report.errors
         self.log.log(
             logging.INFO if acted else logging.DEBUG,
@@ -479,6 +551,35 @@ class Culler:
             report.summary().split(": ", 1)[1],
         )
         return report
+
+    def _affordable_checks(
+        self, users: list[str], listing: bool, now: datetime
+    ) -> tuple[list[str], bool]:
+        """Under the read budget: the due users to check now (earliest first), and
+        whether by one listing; the others stay due, and the runner wakes when the
+        budget allows (at the latest, the next full pass handles them)."""
+        assert self.budget is not None
+        t = now.timestamp()
+        can = self.budget.affordable(t)
+        cost = self._last_pass_reads
+        # A listing that costs more than the budget can ever bank is out of reach.
+        listing = listing and self.budget.seconds_until(cost, t) is not None
+        if listing and can >= cost:
+            return users, True
+        if not listing and can >= 1:
+            return users[:can], False
+        wait = self.budget.seconds_until(cost if listing else 1, t)
+        if wait is None:
+            # Not even one read can be paid (the reference culler's pass is no dearer
+            # than ours): the next full pass decides, as it would without deadline checks.
+            for key in self.deadlines.due(now):
+                self.deadlines.discard(key)
+            return [], False
+        self._deadlines_not_before = now + timedelta(seconds=max(wait, 0.05))
+        self.log.debug(
+            "%d users due; the read budget allows their check in %.1fs", len(users), wait
+        )
+        return [], False
 
     # --- looking inside servers (--check-kernels) --------------------------------
 
@@ -801,24 +902,28 @@ async def run_scheduled(culler: Culler, every: float, log: logging.Logger) -> No
     """
     stop = culler.stopping
 
+    culler.run_every(every)
+
     async def passes() -> None:
         while not stop.is_set():
-            started = time.monotonic()
-            # Deadlines up to one and a half intervals ahead: past the next pass's end.
-            culler.horizon = culler.clock() + timedelta(seconds=1.5 * every)
+            # A full pass run for deadlines (many due at once) counts as the periodic one.
+            last = culler.last_pass_started
+            if last is not None:
+                delay = every - (culler.clock() - last).total_seconds()
+                if delay > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                    continue
             try:
                 await culler.run_pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("Pass failed unexpectedly; the next one runs on schedule")
-            delay = max(0.0, every - (time.monotonic() - started))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def deadlines() -> None:
         while not stop.is_set():
-            nxt = culler.deadlines.next_due()
+            nxt = culler.next_deadline_wake()
             delay = 3600.0 if nxt is None else (nxt - culler.clock()).total_seconds()
             if delay > 0:
                 culler.deadlines_changed.clear()

@@ -235,6 +235,9 @@ def _hub_message(body: bytes) -> str:
     return ""
 
 
+NOT_READS = frozenset({"stop", "delete-user", "probe"})
+
+
 @dataclass
 class RequestStats:
     """Counts of requests by kind, for reports and benchmarks."""
@@ -245,6 +248,12 @@ class RequestStats:
     @property
     def total(self) -> int:
         return sum(self.by_kind.values())
+
+    @property
+    def reads(self) -> int:
+        """Requests that only read the Hub: what a read budget pays for. Stops and
+        deletions are the same for every culler; probes go to single-user servers."""
+        return sum(n for kind, n in self.by_kind.items() if kind not in NOT_READS)
 
 
 class HubClient:

@@ -66,6 +66,10 @@ class DeadlineQueue:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
+    def due(self, now: datetime) -> list[Key]:
+        """Every server whose deadline has come, earliest first; they stay queued."""
+        return [key for key, at in sorted(self._live.items(), key=lambda kv: kv[1]) if at <= now]
+
     def pop_due(self, now: datetime) -> list[Key]:
         """Every server whose deadline has come, earliest first."""
         out: list[Key] = []

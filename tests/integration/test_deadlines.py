@@ -90,3 +90,94 @@ async def test_servers_are_culled_at_their_deadline_not_a_pass_later(clean_hub: 
     assert "Deadline check of 1 user(s)" in stderr
     assert "stop server soon/: idle for 10s (timeout 10s)" in stderr
     assert_no_secret(hub, stderr + out.decode())
+
+
+async def run_hubcull(hub: LocalHub, *args: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    env["JUPYTERHUB_API_TOKEN"] = hub.token("hubcull")
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hubcull",
+        f"--url={hub.api_url}",
+        "--log-level=DEBUG",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def stop_hubcull(proc: asyncio.subprocess.Process) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
+    return err.decode() + "\n" + out.decode()
+
+
+async def test_without_deadline_checks_a_due_server_waits_for_the_next_pass(
+    clean_hub: LocalHub,
+) -> None:
+    hub = clean_hub
+    await hub.start_servers([ServerSpec("due", last_activity=ago(TIMEOUT - 2))])
+    proc = await run_hubcull(
+        hub, f"--timeout={TIMEOUT}", "--cull-every=14", "--deadline-checks=off"
+    )
+    try:
+        # Due ~2 s after the first pass; the next pass comes 14 s after the first.
+        await asyncio.sleep(8)
+        assert ("due", "") in await hub.active_servers(), "culled between passes"
+        assert await gone(hub, "due", within=15) is not None, "the next pass did not cull it"
+    finally:
+        log = await stop_hubcull(proc)
+    assert "Deadline check" not in log
+    assert log.count("Pass done") >= 2
+    assert_no_secret(hub, log)
+
+
+async def test_a_read_budget_keeps_reads_within_a_culler_listing_every_interval(
+    clean_hub: LocalHub,
+) -> None:
+    """12 servers fall due one a second between passes, among 40 in use. With one
+    re-read each (--deadline-checks=always) that is 12 reads on top of the passes; a
+    culler listing every 10 s in pages of 50 reads 3 per pass (version + 2 pages).
+    Under the budget, hubcull's pages of 200 cost 1, the 2 saved per interval pay for
+    deadline checks: some servers are culled between passes, all by the pass after,
+    and reads stay within the reference."""
+    hub = clean_hub
+    every, timeout = 10, 40
+    busy = [ServerSpec(f"busy-{i:02d}", last_activity=ago(0)) for i in range(40)]
+    # Due 5-16 s from now: mostly after hubcull's first pass, and the budget pays for
+    # its first deadline check ~7 s after that pass (1 read of 3 per 10 s overdrawn),
+    # before the second.
+    due = [ServerSpec(f"due-{i:02d}", last_activity=ago(timeout - 5 - i)) for i in range(12)]
+    await hub.start_servers(busy + due)
+    started = time.monotonic()
+    proc = await run_hubcull(
+        hub, f"--timeout={timeout}", f"--cull-every={every}", "--deadline-checks=budget"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = {u for u, _ in await hub.active_servers()}
+            if not any(s.user in running for s in due):
+                break
+            await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        log = await stop_hubcull(proc)
+    running = {u for u, _ in await hub.active_servers()}
+    assert not [s.user for s in due if s.user in running], "a due server was never culled"
+    assert all(s.user in running for s in busy), "a server in use was culled"
+    lines = log.splitlines()
+    passes = [i for i, line in enumerate(lines) if "Pass done" in line]
+    assert len(passes) >= 2, log
+    between = [line for line in lines[passes[0] : passes[1]] if "DELETE /users/due-" in line]
+    assert between, "no deadline check was paid for between the first two passes:\n" + log
+    reads = [line for line in lines if "GET /users" in line and " -> " in line]
+    # The reference culler: one pass at start and one every interval since, 3 reads each.
+    reference = 3 * (int(elapsed // every) + 1)
+    assert 0 < len(reads) <= reference, (len(reads), reference)
+    assert "Read budget: 3 Hub reads per 10" in log
+    assert "GET /users?state=active&offset=0&limit=200" in log
+    assert_no_secret(hub, log)

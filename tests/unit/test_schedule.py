@@ -63,3 +63,14 @@ def test_pop_due_matches_the_latest_push_per_server(
     assert sorted(u for u, _ in popped) == sorted(u for u, t in latest.items() if t <= now)
     assert [latest[u] for u, _ in popped] == sorted(latest[u] for u, _ in popped)
     assert len(q) == sum(1 for t in latest.values() if t > now)
+
+
+def test_due_lists_without_removing() -> None:
+    q = DeadlineQueue()
+    q.push(("b", ""), at(20))
+    q.push(("a", ""), at(10))
+    q.push(("c", ""), at(30))
+    assert q.due(at(25)) == [("a", ""), ("b", "")]
+    assert len(q) == 3 and q.next_due() == at(10)
+    q.discard(("a", ""))
+    assert q.due(at(25)) == [("b", "")] and q.next_due() == at(20)
