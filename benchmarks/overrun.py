@@ -31,13 +31,10 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from harness import (
-    GROUP_SERVICES,
-    GROUPS,
     HUBCULL,
     INCUMBENT,
     LABELS,
     ROOT,
-    TOOLS,
     CullerProcess,
     HubLog,
     HubRequest,
@@ -60,6 +57,15 @@ from harness import (
 from hubcull.testing import LocalHub, ServerSpec, Service
 
 NAME = "overrun"
+# hubcull runs twice: as it comes (a re-read at every deadline), and under the read
+# budget (never more Hub reads than the incumbent at the same settings).
+BUDGET = "hubcull-budget"
+VARIANTS = (INCUMBENT, HUBCULL, BUDGET)
+ARGS = {INCUMBENT: [], HUBCULL: [], BUDGET: ["--deadline-checks=budget"]}
+PROGRAM = {INCUMBENT: INCUMBENT, HUBCULL: HUBCULL, BUDGET: HUBCULL}
+NAMES = {**LABELS, BUDGET: "hubcull --deadline-checks=budget"}
+GROUPS = ("A", "B", "C")
+GROUP_SERVICES = {g: f"cull-{g.lower()}" for g in GROUPS}
 
 
 @dataclass
@@ -157,9 +163,9 @@ async def one_run(
     since = hub_log.mark()
     procs: dict[str, CullerProcess] = {}
     for g, tool in tools.items():
-        args = [f"--timeout={cfg.timeout}", f"--cull-every={cull_every}"]
+        args = [f"--timeout={cfg.timeout}", f"--cull-every={cull_every}", *ARGS[tool]]
         procs[tool] = CullerProcess(
-            tool, hub, GROUP_SERVICES[g], args, logs, name=f"{tool}-every{cull_every}"
+            PROGRAM[tool], hub, GROUP_SERVICES[g], args, logs, name=f"{tool}-every{cull_every}"
         )
         procs[tool].start()
     activity = asyncio.create_task(drive_activity(hub, schedule))
@@ -215,7 +221,7 @@ async def one_run(
             },
             "deadline_rereads": _rereads(mine),
             "passes": sum(1 for ln in procs[tool].text().splitlines() if "Pass done" in ln)
-            if tool == HUBCULL
+            if PROGRAM[tool] == HUBCULL
             else None,
         }
     return run
@@ -255,15 +261,16 @@ async def main_async(cfg: Config, logs: Path) -> list[Run]:
     async with bench_hub(services, keep_log=logs / "hub.log") as hub:
         hub_log = HubLog(hub.log_path)
         await hub.create_users(
-            [u for pair in zip(users["A"], users["B"], strict=True) for u in pair]
+            [u for row in zip(*(users[g] for g in GROUPS), strict=True) for u in row]
         )
         for g in GROUPS:
             await add_to_group(hub, g, users[g])
         for k, every in enumerate(cfg.cull_every):
-            tools = {"A": INCUMBENT, "B": HUBCULL} if k % 2 == 0 else {"A": HUBCULL, "B": INCUMBENT}
+            # Each run gives each group to another tool.
+            tools = {g: VARIANTS[(i + k) % len(VARIANTS)] for i, g in enumerate(GROUPS)}
             note(f"cull_every {every}s, timeout {cfg.timeout}s: {tools}")
             run = await one_run(hub, hub_log, users, moments, cfg, every, tools, logs)
-            for tool in TOOLS:
+            for tool in VARIANTS:
                 r = run.results[tool]
                 note(
                     f"  {tool}: {r['culled']}/{r['servers']} culled, overrun p50 "
@@ -277,13 +284,13 @@ async def main_async(cfg: Config, logs: Path) -> list[Run]:
 def tables(runs: Sequence[Run]) -> str:
     rows = []
     for r in runs:
-        for tool in TOOLS:
+        for tool in VARIANTS:
             x = r.results[tool]
             d = x["overrun_s"]
             rows.append(
                 [
                     r.cull_every,
-                    LABELS[tool],
+                    NAMES[tool],
                     f"{x['culled']}/{x['servers']}",
                     fmt(d["p50"], ".2f", " s"),
                     fmt(d["p95"], ".2f", " s"),
@@ -311,19 +318,23 @@ def tables(runs: Sequence[Run]) -> str:
     )
     ratios = []
     for r in runs:
-        inc, hc = r.results[INCUMBENT], r.results[HUBCULL]
-        ratios.append(
-            [
-                r.cull_every,
-                _x(ratio(inc["overrun_s"]["p50"], hc["overrun_s"]["p50"])),
-                _x(ratio(inc["overrun_s"]["p95"], hc["overrun_s"]["p95"])),
-                _x(ratio(hc["requests_per_hour"], inc["requests_per_hour"])),
-                _x(ratio(hc["hub_ms_per_hour"], inc["hub_ms_per_hour"])),
-            ]
-        )
+        inc = r.results[INCUMBENT]
+        for tool in (HUBCULL, BUDGET):
+            hc = r.results[tool]
+            ratios.append(
+                [
+                    r.cull_every,
+                    NAMES[tool],
+                    _x(ratio(inc["overrun_s"]["p50"], hc["overrun_s"]["p50"])),
+                    _x(ratio(inc["overrun_s"]["p95"], hc["overrun_s"]["p95"])),
+                    _x(ratio(hc["requests_per_hour"], inc["requests_per_hour"])),
+                    _x(ratio(hc["hub_ms_per_hour"], inc["hub_ms_per_hour"])),
+                ]
+            )
     summary = md_table(
         [
             "cull_every",
+            "hubcull",
             "p50 overrun, idle-culler / hubcull",
             "p95 overrun, idle-culler / hubcull",
             "requests per hour, hubcull / idle-culler",
@@ -346,16 +357,18 @@ def plot(runs: Sequence[dict[str, Any]], path: Path, timeout: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
-    colors = {INCUMBENT: "#d62728", HUBCULL: "#1f77b4"}
+    colors = {INCUMBENT: "#d62728", HUBCULL: "#1f77b4", BUDGET: "#2ca02c"}
     for ax, r in zip(axes[0], runs, strict=True):
-        for tool in TOOLS:
+        for tool in VARIANTS:
+            if tool not in r["results"]:
+                continue
             xs = sorted(max(x, 1e-3) for x in r["results"][tool]["overruns"])
             if not xs:
                 continue
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
             p95 = r["results"][tool]["overrun_s"]["p95"]
             ax.step(
-                xs, ys, where="post", color=colors[tool], label=f"{LABELS[tool]} (p95 {p95:.2g} s)"
+                xs, ys, where="post", color=colors[tool], label=f"{NAMES[tool]} (p95 {p95:.2g} s)"
             )
         ax.set_xscale("log")
         ax.axvline(2.0, color="grey", linestyle=":", linewidth=1)

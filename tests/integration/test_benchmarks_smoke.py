@@ -51,7 +51,7 @@ def test_overrun(tmp_path: Path) -> None:
     assert Path(data["plot"]).exists() or (ROOT / data["plot"]).exists()
     for run in data["runs"]:
         assert {"cull_every", "window_s", "results"} <= set(run)
-        for tool in TOOLS:
+        for tool in (*TOOLS, "hubcull-budget"):
             r = run["results"][tool]
             assert {"p50", "p95", "max"} <= set(r["overrun_s"])
             assert {"culled", "requests_per_hour", "requests_per_hour_by_kind"} <= set(r)
