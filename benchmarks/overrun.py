@@ -356,7 +356,7 @@ def plot(runs: Sequence[dict[str, Any]], path: Path, timeout: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5), squeeze=False)
     colors = {INCUMBENT: "#d62728", HUBCULL: "#1f77b4", BUDGET: "#2ca02c"}
     for ax, r in zip(axes[0], runs, strict=True):
         for tool in VARIANTS:
@@ -389,7 +389,7 @@ def plot(runs: Sequence[dict[str, Any]], path: Path, timeout: int) -> None:
             fontsize=10,
         )
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="upper center", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
