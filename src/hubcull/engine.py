@@ -898,10 +898,11 @@ async def run_scheduled(culler: Culler, every: float, log: logging.Logger) -> No
     """Full passes every ``every`` seconds, and between them, a wake-up at each deadline.
 
     The two run side by side: a long pass (a big Hub) does not delay deadlines, and a
-    user is never handled by both at once (the engine's in-flight set).
+    user is never handled by both at once (the engine's in-flight set). A full pass run
+    for deadlines restarts the interval; under a read budget, a deadline wake-up waits
+    until the budget can pay for it.
     """
     stop = culler.stopping
-
     culler.run_every(every)
 
     async def passes() -> None:

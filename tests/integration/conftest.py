@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
+def _command(
+    hub: LocalHub,
+    args: Sequence[str],
+    token: str | None = "service",
+    url: str | None = None,
+    env: dict[str, str] | None = None,
+    debug: bool = True,
+) -> tuple[list[str], dict[str, str]]:
+    """The ``hubcull`` command line and environment for a run against ``hub``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    if token == "service":
+        token = hub.token("hubcull")
+    if token:
+        full_env["JUPYTERHUB_API_TOKEN"] = token
+    full_env.update(env or {})
+    argv = [sys.executable, "-m", "hubcull", f"--url={url or hub.api_url}"]
+    if debug:
+        argv.append("--log-level=DEBUG")
+    return [*argv, *args], full_env
+
+
 async def run_hubcull(
     hub: LocalHub,
     *args: str,
@@ -81,18 +103,9 @@ async def run_hubcull(
 
     Every run logs at DEBUG and is scanned for every token the Hub knows.
     """
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
-    if token == "service":
-        token = hub.token("hubcull")
-    if token:
-        full_env["JUPYTERHUB_API_TOKEN"] = token
-    full_env.update(env or {})
-    argv = [sys.executable, "-m", "hubcull", f"--url={url or hub.api_url}"]
-    if debug:
-        argv.append("--log-level=DEBUG")
+    argv, full_env = _command(hub, args, token, url, env, debug)
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
@@ -109,6 +122,25 @@ async def run_hubcull(
     assert_no_secret(hub, run.output)
     assert "Traceback" not in run.output, run
     return run
+
+
+async def start_hubcull(hub: LocalHub, *args: str) -> asyncio.subprocess.Process:
+    """Start the real, long-running ``hubcull`` (DEBUG log); end it with :func:`stop_hubcull`."""
+    argv, env = _command(hub, args)
+    return await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+
+
+async def stop_hubcull(hub: LocalHub, proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM, which must end it with 0; its log (stderr, then stdout), checked for tokens."""
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    log = err.decode() + "\n" + out.decode()
+    assert proc.returncode == 0, log
+    assert_no_secret(hub, log)
+    assert "Traceback" not in log, log
+    return log
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -7,15 +7,12 @@ culled by a deadline wake-up, not by a pass.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 import time
 from datetime import datetime, timezone
 
 from hubcull.testing import LocalHub, ServerSpec
 
-from .conftest import ago, assert_no_secret
+from .conftest import ago, start_hubcull, stop_hubcull
 
 TIMEOUT = 10
 
@@ -39,20 +36,7 @@ async def test_servers_are_culled_at_their_deadline_not_a_pass_later(clean_hub: 
             ServerSpec("later", last_activity=ago(0)),  # due in ~10 s, but used all along
         ]
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
-    env["JUPYTERHUB_API_TOKEN"] = hub.token("hubcull")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubcull",
-        f"--url={hub.api_url}",
-        f"--timeout={TIMEOUT}",
-        "--cull-every=120",
-        "--log-level=DEBUG",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    proc = await start_hubcull(hub, f"--timeout={TIMEOUT}", "--cull-every=120")
     try:
         await asyncio.sleep(2)
 
@@ -81,38 +65,11 @@ async def test_servers_are_culled_at_their_deadline_not_a_pass_later(clean_hub: 
         assert ("later", "") in await hub.active_servers()
         await user_of_later
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(proc.communicate(), 15)
-    stderr = err.decode()
-    assert proc.returncode == 0, stderr
+        stderr = await stop_hubcull(hub, proc)
     assert stderr.count("Pass done") == 1, "only the first full pass ran"
     assert "GET /users/soon -> 200" in stderr, "the deadline re-reads just that user"
     assert "Deadline check of 1 user(s)" in stderr
     assert "stop server soon/: idle for 10s (timeout 10s)" in stderr
-    assert_no_secret(hub, stderr + out.decode())
-
-
-async def run_hubcull(hub: LocalHub, *args: str) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
-    env["JUPYTERHUB_API_TOKEN"] = hub.token("hubcull")
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubcull",
-        f"--url={hub.api_url}",
-        "--log-level=DEBUG",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-
-
-async def stop_hubcull(proc: asyncio.subprocess.Process) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, err = await asyncio.wait_for(proc.communicate(), 15)
-    assert proc.returncode == 0, err.decode()
-    return err.decode() + "\n" + out.decode()
 
 
 async def test_without_deadline_checks_a_due_server_waits_for_the_next_pass(
@@ -120,7 +77,7 @@ async def test_without_deadline_checks_a_due_server_waits_for_the_next_pass(
 ) -> None:
     hub = clean_hub
     await hub.start_servers([ServerSpec("due", last_activity=ago(TIMEOUT - 2))])
-    proc = await run_hubcull(
+    proc = await start_hubcull(
         hub, f"--timeout={TIMEOUT}", "--cull-every=14", "--deadline-checks=off"
     )
     try:
@@ -129,10 +86,9 @@ async def test_without_deadline_checks_a_due_server_waits_for_the_next_pass(
         assert ("due", "") in await hub.active_servers(), "culled between passes"
         assert await gone(hub, "due", within=15) is not None, "the next pass did not cull it"
     finally:
-        log = await stop_hubcull(proc)
+        log = await stop_hubcull(hub, proc)
     assert "Deadline check" not in log
     assert log.count("Pass done") >= 2
-    assert_no_secret(hub, log)
 
 
 async def test_a_read_budget_keeps_reads_within_a_culler_listing_every_interval(
@@ -153,7 +109,7 @@ async def test_a_read_budget_keeps_reads_within_a_culler_listing_every_interval(
     due = [ServerSpec(f"due-{i:02d}", last_activity=ago(timeout - 5 - i)) for i in range(12)]
     await hub.start_servers(busy + due)
     started = time.monotonic()
-    proc = await run_hubcull(
+    proc = await start_hubcull(
         hub, f"--timeout={timeout}", f"--cull-every={every}", "--deadline-checks=budget"
     )
     try:
@@ -165,7 +121,7 @@ async def test_a_read_budget_keeps_reads_within_a_culler_listing_every_interval(
             await asyncio.sleep(0.5)
         elapsed = time.monotonic() - started
     finally:
-        log = await stop_hubcull(proc)
+        log = await stop_hubcull(hub, proc)
     running = {u for u, _ in await hub.active_servers()}
     assert not [s.user for s in due if s.user in running], "a due server was never culled"
     assert all(s.user in running for s in busy), "a server in use was culled"
@@ -180,4 +136,3 @@ async def test_a_read_budget_keeps_reads_within_a_culler_listing_every_interval(
     assert 0 < len(reads) <= reference, (len(reads), reference)
     assert "Read budget: 3 Hub reads per 10" in log
     assert "GET /users?state=active&offset=0&limit=200" in log
-    assert_no_secret(hub, log)
