@@ -704,7 +704,7 @@ class HubCull(IdleCuller):
                 workers=self.concurrency or 50,
                 stop_wait=self.stop_wait,
                 verify_stops=self.once,
-                deadline_checks=self.deadline_checks.lower(),
+                deadline_checks=self.deadline_checks,
                 prober=self._prober(hub),
                 probe_rules=ProbeRules(
                     busy_timeout=self.busy_timeout,

@@ -287,11 +287,10 @@ class Culler:
                 await self._walk("inactive", report)
             await self._walk("active", report)
             report.complete = not self.stopping.is_set()
+            self.ledger.end_pass(report.complete)
             if report.complete:
                 # What a full listing costs: the yardstick for reading users one by one.
                 self._last_pass_reads = self.hub.stats.reads - reads_before
-            self.ledger.end_pass(report.complete)
-            if report.complete:
                 self._probe_memory = {k: m for k, m in self._probe_memory.items() if m.seen}
                 self.deadlines.end_pass()
             if self.verify_stops and not self.dry_run:
@@ -512,8 +511,9 @@ class Culler:
             users, listing = self._affordable_checks(users, listing, now)
             if not users:
                 return None
+        checked = set(users)
         for key in due:
-            if key[0] in users:
+            if key[0] in checked:
                 self.deadlines.discard(key)
         if listing:
             # Many at once: one full listing re-reads them all for fewer requests.

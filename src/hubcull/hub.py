@@ -238,6 +238,12 @@ def _hub_message(body: bytes) -> str:
 NOT_READS = frozenset({"stop", "delete-user", "probe"})
 
 
+def server_path(user: str, name: str = "") -> str:
+    """The Hub API path of a user's default (``name=""``) or named server."""
+    base = f"/users/{quote(user, safe='')}"
+    return f"{base}/servers/{quote(name, safe='')}" if name else f"{base}/server"
+
+
 @dataclass
 class RequestStats:
     """Counts of requests by kind, for reports and benchmarks."""
@@ -585,10 +591,7 @@ class HubClient:
 
     async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome:
         """Stop a server, within the adaptive stop limit (see limits.py)."""
-        if server:
-            path = f"/users/{quote(user, safe='')}/servers/{quote(server, safe='')}"
-        else:
-            path = f"/users/{quote(user, safe='')}/server"
+        path = server_path(user, server)
         timings: list[float] = []
         in_flight = await self.stop_gate.acquire()
         try:

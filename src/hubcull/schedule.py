@@ -68,7 +68,7 @@ class DeadlineQueue:
 
     def due(self, now: datetime) -> list[Key]:
         """Every server whose deadline has come, earliest first; they stay queued."""
-        return [key for key, at in sorted(self._live.items(), key=lambda kv: kv[1]) if at <= now]
+        return [key for at, key in sorted((at, key) for key, at in self._live.items() if at <= now)]
 
     def pop_due(self, now: datetime) -> list[Key]:
         """Every server whose deadline has come, earliest first."""

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ..hub import HubError, make_internal_ssl_context
+from ..hub import HubError, make_internal_ssl_context, server_path
 from ..model import format_timestamp
 from .tether import die_with_parent
 
@@ -51,12 +51,6 @@ TOKEN_OWNER = "token-owner"
 
 class HubStartError(RuntimeError):
     pass
-
-
-def server_path(user: str, name: str = "") -> str:
-    """The Hub API path of a user's default (``name=""``) or named server."""
-    base = f"/users/{quote(user, safe='')}"
-    return f"{base}/servers/{quote(name, safe='')}" if name else f"{base}/server"
 
 
 def free_port() -> int:
