@@ -220,7 +220,7 @@ async def one_run(
             "active": len(active),
             "active_culled": sum((u, "") not in running for u in active),
             "churn_users_stopped_by_culler": sum(
-                1 for r in mine if r.kind == "stop" and lay[g].roles.get(_user(r.uri)) == "churn"
+                1 for r in mine if r.kind == "stop" and lay[g].roles.get(r.user) == "churn"
             ),
             "requests": count_kinds(mine),
             "pass_s": round(max(r.end for r in passes) - min(r.start for r in passes), 1)
@@ -244,13 +244,6 @@ async def one_run(
     )
     run.seconds = round(time.monotonic() - t_run, 1)
     return run
-
-
-def _user(uri: str) -> str:
-    from urllib.parse import unquote
-
-    parts = uri.split("?", 1)[0].split("/")
-    return unquote(parts[4]) if len(parts) > 4 else ""
 
 
 async def main_async(

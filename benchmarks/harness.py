@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 import psutil
@@ -135,6 +135,12 @@ class HubRequest:
     @property
     def path(self) -> str:
         return self.uri.split("?", 1)[0]
+
+    @property
+    def user(self) -> str:
+        """The user a ``/hub/api/users/<name>/...`` request is about ("" for others)."""
+        parts = self.path.split("/")
+        return unquote(parts[4]) if len(parts) > 4 else ""
 
     @property
     def kind(self) -> str:

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import aiohttp
 import psutil
@@ -115,7 +114,7 @@ def stops_by(hub_log: HubLog, who: str, since: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in hub_log.by(who, since):
         if r.kind == "stop" and r.status in (202, 204):
-            out.setdefault(unquote(r.path.split("/")[4]), r.end)
+            out.setdefault(r.user, r.end)
     return out
 
 

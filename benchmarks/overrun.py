@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from harness import (
     HUBCULL,
@@ -232,12 +232,11 @@ def _rereads(mine: Sequence[HubRequest]) -> dict[str, int]:
     stops: dict[str, list[float]] = {}
     for r in mine:
         if r.kind == "stop":
-            stops.setdefault(unquote(r.path.split("/")[4]), []).append(r.end)
+            stops.setdefault(r.user, []).append(r.end)
     hit = 0
     reads = [r for r in mine if r.kind == "user"]
     for r in reads:
-        user = unquote(r.path.split("/")[4])
-        hit += any(0 <= t - r.end < 2 for t in stops.get(user, []))
+        hit += any(0 <= t - r.end < 2 for t in stops.get(r.user, []))
     return {"followed_by_stop": hit, "not_followed_by_stop": len(reads) - hit}
 
 
@@ -246,9 +245,8 @@ def _first_stops(hub_log: HubLog, since: int, services: set[str]) -> dict[str, t
     out: dict[str, tuple[float, str]] = {}
     for r in hub_log.refresh()[since:]:
         if r.who in services and r.kind == "stop" and r.status in (202, 204):
-            user = unquote(r.path.split("/")[4])
-            if user not in out:
-                out[user] = (r.end, r.who)
+            if r.user not in out:
+                out[r.user] = (r.end, r.who)
     return out
 
 

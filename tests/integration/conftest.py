@@ -124,9 +124,11 @@ async def run_hubcull(
     return run
 
 
-async def start_hubcull(hub: LocalHub, *args: str) -> asyncio.subprocess.Process:
+async def start_hubcull(
+    hub: LocalHub, *args: str, url: str | None = None
+) -> asyncio.subprocess.Process:
     """Start the real, long-running ``hubcull`` (DEBUG log); end it with :func:`stop_hubcull`."""
-    argv, env = _command(hub, args)
+    argv, env = _command(hub, args, url=url)
     return await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
@@ -135,7 +137,14 @@ async def start_hubcull(hub: LocalHub, *args: str) -> asyncio.subprocess.Process
 async def stop_hubcull(hub: LocalHub, proc: asyncio.subprocess.Process) -> str:
     """SIGTERM, which must end it with 0; its log (stderr, then stdout), checked for tokens."""
     proc.send_signal(signal.SIGTERM)
-    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+    except asyncio.TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(
+            f"hubcull did not exit within 15 s of SIGTERM:\n{err.decode()}"
+        ) from None
     log = err.decode() + "\n" + out.decode()
     assert proc.returncode == 0, log
     assert_no_secret(hub, log)

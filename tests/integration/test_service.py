@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 from hubcull.testing import CULLER_SCOPES, LocalHub, ServerSpec, Service
 from hubcull.testing.faults import FaultProxy, FaultRule
 
-from .conftest import ago, assert_no_secret, run_hubcull
+from .conftest import ago, assert_no_secret, run_hubcull, start_hubcull
 
 
 async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -75,19 +74,8 @@ async def test_failed_passes_do_not_end_the_long_running_process(clean_hub: Loca
         # The first two listings fail even after their retries (4 attempts each):
         # two passes fail, the third culls.
         proxy.add_rule(FaultRule("status", method="GET", path=r"/users\?", status=500, times=8))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
-        env["JUPYTERHUB_API_TOKEN"] = hub.token("hubcull")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hubcull",
-            f"--url={proxy.url}/hub/api",
-            "--timeout=600",
-            "--cull-every=1",
-            "--log-level=DEBUG",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
+        proc = await start_hubcull(
+            hub, "--timeout=600", "--cull-every=1", url=proxy.url + "/hub/api"
         )
         try:
 
