@@ -117,6 +117,9 @@ async def test_bad_option_values_fail_in_one_line(clean_hub: LocalHub) -> None:
         "--cull-users=maybe": "hubcull: error: --cull-users: expected a boolean",
         "--cull-user": "hubcull: error: unknown option --cull-user (see hubcull --help)",
         "--request-timeout=0": "hubcull: error: --request-timeout must be a positive number",
+        "--deadline-checks=sometimes": (
+            "hubcull: error: --deadline-checks: expected any of ['always', 'budget', 'off']"
+        ),
     }
     for arg, message in cases.items():
         run = await run_hubcull(clean_hub, "--once", arg)
