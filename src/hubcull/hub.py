@@ -559,13 +559,10 @@ class HubClient:
         # A page holds the Hub's event loop as long as several stops do: it takes a
         # place among the stops in flight, so a mass cull never has a page read on top
         # of its stops (everyone else's requests would wait behind both).
-        in_flight = await self.stop_gate.acquire()
-        try:
+        async with self.stop_gate.place(measured=False):
             data = await self.get_json(
                 "/users", params=params, accept=PAGINATION_MEDIA_TYPE, kind="list"
             )
-        finally:
-            await self.stop_gate.release(None, in_flight)
         if isinstance(data, list):
             raise BadResponse(
                 "GET /users answered without pagination: hubcull needs JupyterHub >= 2.0"
@@ -592,19 +589,14 @@ class HubClient:
     async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome:
         """Stop a server, within the adaptive stop limit (see limits.py)."""
         path = server_path(user, server)
-        timings: list[float] = []
-        in_flight = await self.stop_gate.acquire()
-        try:
+        async with self.stop_gate.place() as slot:
             status, _ = await self.request(
                 "DELETE",
                 path,
                 body={"remove": True} if remove else None,
                 kind="stop",
-                timings=timings,
+                timings=slot.timings,
             )
-        finally:
-            # A 202 took the Hub's slow_stop_timeout: the spawner, not the Hub, was slow.
-            await self.stop_gate.release(timings[-1] if timings else None, in_flight)
         if status == 404:
             return StopOutcome.GONE
         return StopOutcome.STOPPING if status == 202 else StopOutcome.STOPPED

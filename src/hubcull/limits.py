@@ -16,6 +16,14 @@ gains nothing from a second stop, so the limit returns to one and waits longer
 before each new try. A Hub that waits on its spawners gains at every step, up to the
 cap, however much the stop times of individual servers vary.
 
+A rate measured over a few answers is noisy on a loaded machine: a slow patch while
+one stop was in flight makes two look like a gain. So the hill is walked both ways:
+once settled, the limit also tries one stop fewer now and then, and stays there when
+it stops servers as fast. A limit lifted by noise comes back down, and a cap earned
+by slow pods is given up when the pods get quick. Tries that fail are spaced further
+and further apart, until the settled level's own rate moves (by half or by double):
+then the Hub has changed, and the limit tries again at once.
+
 Latency alone (TCP Vegas: the fastest stop against the current ones) cannot tell a
 queue from spawners whose stop times vary: on Kubernetes it would keep one stop in
 flight. The rate can.
@@ -24,14 +32,20 @@ flight. The rate can.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
-MIN_WINDOW = 4  # answers at one level before judging it (and at least one per stop in flight)
+MIN_WINDOW = 8  # answers at one level before judging it (and at least one per stop in flight)
 GAIN = 0.3  # share of the ideal gain from one more stop in flight that justifies it
-# After a try upwards that did not pay, wait this long (seconds of stopping) before the
-# next, doubling up to the maximum: a Hub that queues sees a second stop only now and
+# After a try (up or down) that did not pay, wait this long (seconds of stopping) before
+# the next, doubling up to the maximum: a Hub that queues sees a second stop only now and
 # then, and a Hub whose spawners slowed down is found out again within seconds.
 FIRST_HOLD = 0.5
 MAX_HOLD = 16.0
+# A settled level whose rate moved by this factor either way ends the hold at once.
+SHIFT = 2.0
+UP, DOWN = 1, -1
 
 
 class AdaptiveLimit:
@@ -46,8 +60,11 @@ class AdaptiveLimit:
         self.limit = self.floor
         self._latencies: list[float] = []  # this window's answers, at the current limit
         self._rate: dict[int, float] = {}  # last measured stops per second at each level
-        self._hold = 0.0  # seconds of stopping to wait before the next try upwards
-        self._backoff = FIRST_HOLD  # the hold after the next failed try
+        self._trying = 0  # +1: on trial one above the last level, -1: one below, 0: settled
+        self._next = UP  # which way the next try goes
+        self._hold = 0.0  # seconds of stopping to wait before the next try
+        self._backoff = {UP: FIRST_HOLD, DOWN: FIRST_HOLD}  # the hold after a failed try
+        self._rate_when_held: float | None = None  # the settled level's rate at that time
 
     def rate(self, level: int) -> float | None:
         """Stops per second last measured with ``level`` in flight."""
@@ -63,42 +80,109 @@ class AdaptiveLimit:
         if len(self._latencies) < max(MIN_WINDOW, n):
             return n
         total = sum(self._latencies)
-        rate = n * len(self._latencies) / total
+        self._rate[n] = n * len(self._latencies) / total
         spent = total / n  # how long the window took, with n stops always in flight
         self._latencies = []
-        self._rate[n] = rate
-        below = self._rate.get(n - 1)
-        if n > self.floor and below is not None and rate < below * (1 + GAIN / (n - 1)):
-            # One stop fewer did as well: this one only queued. Step back, try later.
-            self.limit = n - 1
-            self._hold = self._backoff
-            self._backoff = min(MAX_HOLD, 2 * self._backoff)
-        elif self._hold > 0:
+        if self._trying == UP:
+            # Both rates are fresh: the window just before the step, and this one.
+            self._settle(UP, kept=self._pays(n), back=n - 1)
+        elif self._trying == DOWN:
+            self._settle(DOWN, kept=not self._pays(n + 1), back=n + 1)
+        else:
             self._hold -= spent
-        elif n < self.cap:
-            self.limit = n + 1
-            if below is not None:
-                self._backoff = FIRST_HOLD  # the last step up paid off: climb freely again
+            held = self._rate_when_held
+            if held and not held / SHIFT < self._rate[n] < held * SHIFT:
+                # The Hub or its spawners changed pace: what the failed tries taught
+                # no longer holds (a pod-bound Hub whose stops got quick must come down
+                # now, not after minutes of queued stops).
+                self._hold = 0
+                self._backoff = {UP: FIRST_HOLD, DOWN: FIRST_HOLD}
+            if self._hold <= 0:
+                self._try()
         return self.limit
+
+    def _pays(self, n: int) -> bool:
+        """Whether ``n`` in flight beat ``n - 1`` by enough to be worth its queue."""
+        return self._rate[n] >= self._rate[n - 1] * (1 + GAIN / (n - 1))
+
+    def _settle(self, way: int, kept: bool, back: int) -> None:
+        self._trying = 0
+        if kept:
+            # The step paid (up: more stops per second; down: as many with fewer in
+            # flight): go on the same way at once.
+            self._backoff[way] = FIRST_HOLD
+            self._next = way
+            self._try()
+        else:
+            self.limit = back
+            self._rate_when_held = self._rate.get(back)
+            self._hold = self._backoff[way]
+            self._backoff[way] = min(MAX_HOLD, 2 * self._backoff[way])
+            self._next = -way
+
+    def _try(self) -> None:
+        self._rate_when_held = None
+        way = self._next
+        if not self.floor <= self.limit + way <= self.cap:
+            way = -way
+        if self.floor <= self.limit + way <= self.cap:
+            self.limit += way
+            self._trying = way
+
+
+@dataclass
+class Slot:
+    """A place in an :class:`AdaptiveGate`, held for one request."""
+
+    in_flight: int  # places taken, this one included, when it was granted
+    measured: bool  # a stop, whose latency feeds the limit (a page read is not)
+    clean: bool  # nothing unmeasured was in flight when it was granted
+    unmeasured_seen: int  # unmeasured places granted so far, at that moment
+    timings: list[float] = field(default_factory=list)  # each attempt's round trip
 
 
 class AdaptiveGate:
-    """An async semaphore whose size follows an :class:`AdaptiveLimit`."""
+    """An async semaphore whose size follows an :class:`AdaptiveLimit`.
+
+    Page reads take places too (a mass cull must not have a page read on top of its
+    stops) but say nothing of what a stop costs. A stop is judged only if it never
+    shared the gate with one: at two places, a stop beside a page read is one stop in
+    flight, and counting it as two would make a second stop look like a gain.
+    """
 
     def __init__(self, limit: AdaptiveLimit):
         self.limit = limit
         self.in_flight = 0
+        self._unmeasured = 0  # places held now by page reads
+        self._unmeasured_seen = 0  # places ever granted to them
         self._changed = asyncio.Condition()
 
-    async def acquire(self) -> int:
+    async def acquire(self, measured: bool = True) -> Slot:
         async with self._changed:
             await self._changed.wait_for(lambda: self.in_flight < self.limit.limit)
             self.in_flight += 1
-            return self.in_flight
+            if not measured:
+                self._unmeasured += 1
+                self._unmeasured_seen += 1
+            return Slot(self.in_flight, measured, self._unmeasured == 0, self._unmeasured_seen)
 
-    async def release(self, latency: float | None, in_flight: int) -> None:
+    async def release(self, slot: Slot) -> None:
         async with self._changed:
             self.in_flight -= 1
-            if latency is not None:
-                self.limit.observe(latency, in_flight)
+            if not slot.measured:
+                self._unmeasured -= 1
+            elif slot.timings and slot.clean and slot.unmeasured_seen == self._unmeasured_seen:
+                # The last attempt's round trip: a 202 took the Hub's slow_stop_timeout,
+                # the spawner, not the Hub, was slow.
+                self.limit.observe(slot.timings[-1], slot.in_flight)
             self._changed.notify_all()
+
+    @asynccontextmanager
+    async def place(self, measured: bool = True) -> AsyncIterator[Slot]:
+        """Hold a place for the body of the ``async with``; a stop records its round
+        trips in ``slot.timings``."""
+        slot = await self.acquire(measured)
+        try:
+            yield slot
+        finally:
+            await self.release(slot)

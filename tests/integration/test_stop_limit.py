@@ -75,7 +75,9 @@ async def test_quick_stops_go_one_at_a_time(clean_hub: LocalHub) -> None:
     assert not await hub.active_servers()
     # The incumbent's --concurrency=10 would mean ten; a second stop does not cull any
     # faster here, it only queues in the Hub ahead of its users' requests. The limit
-    # tries two or three now and then, and comes back.
+    # tries two or three now and then, and comes back. (On a loaded machine a slow
+    # patch can make two or three look like a gain for a while: the limit must not
+    # keep them, as it once did in CI, with 3 to 5 stops in flight 94 % of the time.)
     spent = time_in_flight(run.stderr)
-    assert max(spent) <= 3, spent
-    assert spent[1] >= 0.5 * sum(spent.values()), spent
+    mean = sum(n * t for n, t in spent.items()) / sum(spent.values())
+    assert mean <= 2 and max(spent) <= 4, spent

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hubcull.limits import AdaptiveGate, AdaptiveLimit
+from hubcull.limits import MIN_WINDOW, AdaptiveGate, AdaptiveLimit
 
 Latency = Callable[[int], float]
 
@@ -49,8 +49,10 @@ def test_a_hub_that_queues_gets_one_stop_at_a_time(seed: int) -> None:
 
 
 def test_a_hub_waiting_on_slow_spawners_gets_the_whole_cap() -> None:
-    history = settle(AdaptiveLimit(cap=10), lambda n: 2.0)
-    assert min(history[-300:]) == 10
+    history = settle(AdaptiveLimit(cap=10), lambda n: 2.0, rounds=2000)[-1000:]
+    # Now and then a window one below, to learn whether the cap is still needed.
+    assert min(history) == 9
+    assert history.count(10) >= 0.85 * len(history)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -66,7 +68,8 @@ def test_it_starts_at_one_stop_and_earns_more() -> None:
     assert queueing.limit == 1, "no opening burst of ten stops"
     assert max(settle(queueing, hub_bound(2), rounds=40)) <= 2
     waiting = AdaptiveLimit(cap=10)
-    history = settle(waiting, lambda n: 2.0, rounds=60)
+    steps = sum(max(MIN_WINDOW, n) for n in range(1, 10))
+    history = settle(waiting, lambda n: 2.0, rounds=steps)
     assert history[-1] == 10, "one step per window of answers"
 
 
@@ -76,6 +79,32 @@ def test_it_recovers_when_the_hub_stops_queueing() -> None:
     assert limit.limit <= 2
     history = settle(limit, lambda n: 1.0)
     assert history[-1] == 8
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_slow_patch_does_not_leave_stops_queued(seed: int) -> None:
+    # The Hub was busy with something else while one stop was in flight (a burst of
+    # users, a noisy neighbour): two and three looked like gains. Once the patch is
+    # over, the limit must find out that they only queue, not keep them for good.
+    limit = AdaptiveLimit(cap=10)
+    hub = hub_bound(seed)
+    slow = iter(range(20))  # the next 20 answers with one stop in flight are slow
+
+    def patch(n: int) -> float:
+        return hub(n) * (4 if n == 1 and next(slow, None) is not None else 1)
+
+    climbed = settle(limit, patch, 80)
+    assert max(climbed) >= 3, "the patch fooled it, as on a loaded machine"
+    history = settle(limit, hub)[-300:]
+    assert history.count(1) >= 0.9 * len(history)
+
+
+def test_it_comes_down_when_spawners_get_quick() -> None:
+    limit = AdaptiveLimit(cap=8)
+    settle(limit, lambda n: 1.0)
+    assert limit.limit == 8
+    history = settle(limit, hub_bound(3), rounds=1000)[-300:]
+    assert history.count(1) >= 0.9 * len(history)
 
 
 def test_answers_sent_at_another_limit_are_not_counted() -> None:
@@ -97,12 +126,44 @@ async def test_the_gate_never_lets_more_than_the_limit_through() -> None:
     gate = AdaptiveGate(AdaptiveLimit(cap=3, floor=3))
     peak = 0
 
-    async def stop() -> None:
+    async def stop(measured: bool) -> None:
         nonlocal peak
-        n = await gate.acquire()
-        peak = max(peak, gate.in_flight)
-        await asyncio.sleep(0.001)
-        await gate.release(None, n)
+        async with gate.place(measured):
+            peak = max(peak, gate.in_flight)
+            await asyncio.sleep(0.001)
 
-    await asyncio.gather(*(stop() for _ in range(30)))
+    await asyncio.gather(*(stop(i % 4 != 0) for i in range(30)))
     assert peak == 3 and gate.in_flight == 0
+
+
+async def test_a_stop_beside_a_page_read_is_not_judged() -> None:
+    gate = AdaptiveGate(AdaptiveLimit(cap=4, floor=2))
+
+    async def stop(latency: float) -> None:
+        async with gate.place() as slot:
+            await asyncio.sleep(0.001)
+            slot.timings.append(latency)
+
+    # Two places: a page read holds one, so a stop granted beside it is one stop in
+    # flight, not two.
+    read = await gate.acquire(measured=False)
+    await asyncio.gather(*(stop(0.01) for _ in range(4 * MIN_WINDOW)))
+    await gate.release(read)
+    assert gate.limit.rate(2) is None and gate.in_flight == 0
+    # Stops with the gate to themselves are judged.
+    await asyncio.gather(*(stop(0.01) for _ in range(4 * MIN_WINDOW)))
+    assert gate.limit.rate(2) is not None
+
+
+async def test_a_stop_that_saw_a_page_read_come_is_not_judged() -> None:
+    gate = AdaptiveGate(AdaptiveLimit(cap=3, floor=3))
+    for _ in range(2 * MIN_WINDOW):
+        first, second = await gate.acquire(), await gate.acquire()
+        judged = await gate.acquire()  # the third place, with the gate to the stops
+        await gate.release(first)
+        read = await gate.acquire(measured=False)  # granted while `judged` is in flight
+        await gate.release(read)
+        judged.timings.append(0.01)
+        await gate.release(judged)
+        await gate.release(second)
+    assert gate.limit.rate(3) is None and gate.in_flight == 0
