@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,28 +86,33 @@ def hub_cpu(hub: LocalHub) -> float:
     return t.user + t.system
 
 
-async def floor_deletes(hub: LocalHub, users: Sequence[str], concurrency: int) -> int:
-    """The same DELETEs a culler sends, from a plain client; returns how many failed."""
+async def floor_deletes(hub: LocalHub, users: Sequence[str], concurrency: int) -> dict[str, int]:
+    """The same DELETEs a culler sends, from a plain client; the failures, by status
+    (or exception name)."""
     sem = asyncio.Semaphore(concurrency)
-    failed = 0
+    failed: Counter[str] = Counter()
     headers = {"Authorization": f"token {hub.token(FLOOR)}"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(user: str) -> None:
-            nonlocal failed
             async with sem:
-                async with session.delete(
-                    hub.api_url + server_path(user),
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=120),
-                ) as resp:
-                    await resp.read()
-                    if resp.status not in (202, 204):
-                        failed += 1
+                try:
+                    async with session.delete(
+                        hub.api_url + server_path(user),
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=120),
+                    ) as resp:
+                        body = await resp.text()
+                        if resp.status not in (202, 204):
+                            failed[str(resp.status)] += 1
+                            note(f"  floor: DELETE {user} -> {resp.status} {body[:200]}")
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    failed[type(e).__name__] += 1
+                    note(f"  floor: DELETE {user} failed: {type(e).__name__}")
 
         await asyncio.gather(*(one(u) for u in users))
-    return failed
+    return dict(failed)
 
 
 def stops_by(hub_log: HubLog, who: str, since: int) -> dict[str, float]:
@@ -157,6 +163,12 @@ async def phase(
     else:
         who = FLOOR
         extra["failed"] = await floor_deletes(hub, users, int(name.split("-")[1]))
+        # The client has its answers; the Hub logs each request just after answering it.
+        expected = len(users) - sum(extra["failed"].values())
+        for _ in range(300):  # 30 s at most
+            if len(stops_by(hub_log, who, since)) >= expected:
+                break
+            await asyncio.sleep(0.1)
     cpu1 = hub_cpu(hub)
     mine = hub_log.by(who, since)
     stops = stops_by(hub_log, who, since)
