@@ -109,10 +109,15 @@ class AdaptiveLimit:
         self._trying = 0
         if kept:
             # The step paid (up: more stops per second; down: as many with fewer in
-            # flight): go on the same way at once.
+            # flight): go on the same way at once, unless this is the end of the road
+            # (then what the step taught holds for a while).
             self._backoff[way] = FIRST_HOLD
             self._next = way
-            self._try()
+            if self.floor <= self.limit + way <= self.cap:
+                self._try()
+            else:
+                self._next = -way
+                self._hold = self._backoff[-way]
         else:
             self.limit = back
             self._rate_when_held = self._rate.get(back)

@@ -107,6 +107,14 @@ def test_it_comes_down_when_spawners_get_quick() -> None:
     assert history.count(1) >= 0.9 * len(history)
 
 
+def test_the_end_of_a_descent_is_not_tried_again_at_once() -> None:
+    limit = AdaptiveLimit(cap=8)
+    settle(limit, lambda n: 1.0)
+    history = settle(limit, hub_bound(3), rounds=1000)
+    landed = history.index(1)
+    assert history[landed : landed + 3 * MIN_WINDOW] == [1] * (3 * MIN_WINDOW)
+
+
 def test_answers_sent_at_another_limit_are_not_counted() -> None:
     limit = AdaptiveLimit(cap=10)
     for _ in range(20):
