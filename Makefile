@@ -18,6 +18,6 @@ lint:
 # The performance record (docs/benchmarks.md): about 75 minutes on 2 cores.
 bench:
 	scripts/bootstrap bench
-	for b in completeness overrun scan_cost mass_cull probing; do \
+	for b in completeness overrun scan_cost mass_cull slow_spawners probing; do \
 		.venv/bin/python benchmarks/$$b.py || exit 1; \
 	done

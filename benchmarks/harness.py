@@ -211,6 +211,26 @@ class HubLog:
         return [r for r in self.refresh()[since:] if r.who == who]
 
 
+def in_flight(requests: Sequence[HubRequest]) -> dict[str, Any]:
+    """How many of these requests the Hub had in hand at once, from its log: the
+    time-weighted mean while any was, the most, and the share of that time at each count."""
+    edges = sorted([(r.start, 1) for r in requests] + [(r.end, -1) for r in requests])
+    spent: Counter[int] = Counter()
+    now, last = 0, 0.0
+    for t, step in edges:  # at equal times, an end (-1) sorts before a start
+        if now:
+            spent[now] += t - last
+        now, last = now + step, t
+    total = sum(spent.values())
+    if not total:
+        return {"mean": None, "max": 0, "share": {}}
+    return {
+        "mean": round(sum(k * v for k, v in spent.items()) / total, 2),
+        "max": max(spent),
+        "share": {k: round(v / total, 4) for k, v in sorted(spent.items())},
+    }
+
+
 def count_kinds(requests: Iterable[HubRequest]) -> dict[str, int]:
     return dict(Counter(r.kind for r in requests))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from harness import (
     dist,
     fmt,
     fmt_ratio,
+    in_flight,
     md_table,
     median,
     note,
@@ -115,6 +116,10 @@ async def floor_deletes(hub: LocalHub, users: Sequence[str], concurrency: int) -
     return dict(failed)
 
 
+def idle_server(user: str) -> ServerSpec:
+    return ServerSpec(user, last_activity=IDLE_AGO)
+
+
 def stops_by(hub_log: HubLog, who: str, since: int) -> dict[str, float]:
     """user -> when the Hub finished the first successful stop of their server by ``who``."""
     out: dict[str, float] = {}
@@ -133,10 +138,12 @@ async def phase(
     logs: Path,
     tag: str,
     start: bool = True,
+    spec: Callable[[str], ServerSpec] = idle_server,
 ) -> dict[str, Any]:
-    """One phase on fresh servers (``start=False``: they are running already)."""
+    """One phase on fresh servers (``start=False``: they are running already), made by
+    ``spec`` from each user's name."""
     if start:
-        took = await start_servers(hub, [ServerSpec(u, last_activity=IDLE_AGO) for u in users])
+        took = await start_servers(hub, [spec(u) for u in users])
         note(f"  {name}: {len(users)} servers started in {took:.0f}s")
         await asyncio.sleep(2)
     since = hub_log.mark()
@@ -183,6 +190,7 @@ async def phase(
         "seconds": round(last - first, 2),
         "stops_per_s": round(len(stops) / max(1e-9, last - first), 1),
         "requests": count_kinds(mine),
+        "stops_in_flight": in_flight([r for r in mine if r.kind == "stop"]),
         "hub_cpu_s": round(cpu1 - cpu0, 2),
         "latency_ms": dist(latency),
         **extra,

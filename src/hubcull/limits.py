@@ -10,11 +10,15 @@ mostly waits, and many stops in flight are what make a mass cull fast.
 So the limit climbs a hill: throughput. By Little's law, with ``n`` stops always in
 flight and a mean latency ``L``, stops complete at ``n / L`` per second. The limit
 starts at one stop, measures that rate over a window of answers, and tries one more.
-It keeps the step if the rate rose by at least 30 % of what a perfectly parallel
+It keeps the step if the rate rose by at least half of what a perfectly parallel
 spawner would give (``n / (n - 1)``), and goes back otherwise. A Hub that queues
 gains nothing from a second stop, so the limit returns to one and waits longer
-before each new try. A Hub that waits on its spawners gains at every step, up to the
-cap, however much the stop times of individual servers vary.
+before each new try. (On a machine whose cores are busy with other work, a second
+stop does gain some, as the Hub then always has work when it gets a core: 1.24x
+measured here with two busy processes on two cores. Half the ideal, 1.5x, keeps such
+gains from lifting the limit; a third of it did not.) A Hub that waits on its
+spawners gains at every step, up to the cap, however much the stop times of
+individual servers vary.
 
 A rate measured over a few answers is noisy on a loaded machine: a slow patch while
 one stop was in flight makes two look like a gain. So the hill is walked both ways:
@@ -36,13 +40,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-MIN_WINDOW = 8  # answers at one level before judging it (and at least one per stop in flight)
-GAIN = 0.3  # share of the ideal gain from one more stop in flight that justifies it
+# A level is judged on a window of answers: at least one per stop in flight and
+# MIN_WINDOW in all, over at least MIN_WINDOW_S of stopping. Quick stops on a loaded
+# machine need the time (a 50 ms hiccup must not decide); slow pods need few answers.
+MIN_WINDOW = 4
+MIN_WINDOW_S = 0.12
+GAIN = 0.5  # share of the ideal gain from one more stop in flight that justifies it
 # After a try (up or down) that did not pay, wait this long (seconds of stopping) before
-# the next, doubling up to the maximum: a Hub that queues sees a second stop only now and
-# then, and a Hub whose spawners slowed down is found out again within seconds.
-FIRST_HOLD = 0.5
-MAX_HOLD = 16.0
+# the next try that way, doubling up to the maximum. Each try up on a Hub that queues
+# puts a second stop ahead of its users' requests, so they are rare; a change of pace
+# (below) is what brings the next try at once when spawners slow down or speed up.
+FIRST_HOLD = 2.0
+MAX_HOLD = 64.0
 # A settled level whose rate moved by this factor either way ends the hold at once.
 SHIFT = 2.0
 UP, DOWN = 1, -1
@@ -77,11 +86,11 @@ class AdaptiveLimit:
             return self.limit
         self._latencies.append(latency)
         n = self.limit
-        if len(self._latencies) < max(MIN_WINDOW, n):
-            return n
         total = sum(self._latencies)
-        self._rate[n] = n * len(self._latencies) / total
         spent = total / n  # how long the window took, with n stops always in flight
+        if len(self._latencies) < max(MIN_WINDOW, n) or spent < MIN_WINDOW_S:
+            return n
+        self._rate[n] = n * len(self._latencies) / total
         self._latencies = []
         if self._trying == UP:
             # Both rates are fresh: the window just before the step, and this one.
@@ -112,25 +121,26 @@ class AdaptiveLimit:
             # flight): go on the same way at once, unless this is the end of the road
             # (then what the step taught holds for a while).
             self._backoff[way] = FIRST_HOLD
-            self._next = way
-            if self.floor <= self.limit + way <= self.cap:
+            if self._can(way):
+                self._next = way
                 self._try()
-            else:
-                self._next = -way
-                self._hold = self._backoff[-way]
+                return
         else:
             self.limit = back
-            self._rate_when_held = self._rate.get(back)
-            self._hold = self._backoff[way]
             self._backoff[way] = min(MAX_HOLD, 2 * self._backoff[way])
-            self._next = -way
+        # Settled: the next try goes the other way if it can, after that way's hold,
+        # unless the pace at this level moves first.
+        self._next = -way if self._can(-way) else way
+        self._hold = self._backoff[self._next]
+        self._rate_when_held = self._rate.get(self.limit)
+
+    def _can(self, way: int) -> bool:
+        return self.floor <= self.limit + way <= self.cap
 
     def _try(self) -> None:
         self._rate_when_held = None
-        way = self._next
-        if not self.floor <= self.limit + way <= self.cap:
-            way = -way
-        if self.floor <= self.limit + way <= self.cap:
+        way = self._next if self._can(self._next) else -self._next
+        if self._can(way):
             self.limit += way
             self._trying = way
 

@@ -84,3 +84,12 @@ def test_probing(tmp_path: Path) -> None:
     assert expected <= set(data["summary"])
     for run in data["runs"]:
         assert run["would_stop"] == data["sizes"]["due"]
+
+
+def test_slow_spawners(tmp_path: Path) -> None:
+    data = run_smoke("slow_spawners", tmp_path, timeout=180)
+    assert {"idle-culler", "hubcull", "floor-10"} <= set(data["summary"])
+    assert data["ideal_s"] > 0
+    for phase in data["phases"]:
+        assert phase["stopped"] == phase["servers"]
+        assert {"mean", "max", "share"} <= set(phase["stops_in_flight"])

@@ -75,9 +75,11 @@ async def test_quick_stops_go_one_at_a_time(clean_hub: LocalHub) -> None:
     assert not await hub.active_servers()
     # The incumbent's --concurrency=10 would mean ten; a second stop does not cull any
     # faster here, it only queues in the Hub ahead of its users' requests. The limit
-    # tries two or three now and then, and comes back. (On a loaded machine a slow
-    # patch can make two or three look like a gain for a while: the limit must not
-    # keep them, as it once did in CI, with 3 to 5 stops in flight 94 % of the time.)
+    # tries two now and then, and comes back. (On a loaded machine two stops in flight
+    # do cull faster, 1.24x with both cores kept busy by other processes, and noise
+    # adds to that: the limit may spend a while at two or three, but must not keep
+    # climbing, as it once did in CI: 3 to 5 in flight 94 % of the time, 2.97 on
+    # average. With both cores busy here: 1.1 to 1.6 on average, never above 3.)
     spent = time_in_flight(run.stderr)
     mean = sum(n * t for n, t in spent.items()) / sum(spent.values())
-    assert mean <= 2 and max(spent) <= 4, spent
+    assert mean <= 2.5 and max(spent) <= 4, spent
