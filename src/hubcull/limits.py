@@ -9,9 +9,11 @@ mostly waits, and many stops in flight are what make a mass cull fast.
 
 So the limit climbs a hill: throughput. By Little's law, with ``n`` stops always in
 flight and a mean latency ``L``, stops complete at ``n / L`` per second. The limit
-starts at one stop, measures that rate over a window of answers, and tries one more.
-It keeps the step if the rate rose by at least half of what a perfectly parallel
-spawner would give (``n / (n - 1)``), and goes back otherwise. A Hub that queues
+starts at one stop, measures that rate over a window of answers, and tries more: twice
+as many at first (1, 2, 4, 8: pods are reached in a few windows, not ten), one more
+once a step has failed. It keeps a step if the rate rose by at least half of what
+perfectly parallel stops would give (``n / m`` from ``m`` to ``n``), and goes back
+otherwise. A Hub that queues
 gains nothing from a second stop, so the limit returns to one and waits longer
 before each new try. (On a machine whose cores are busy with other work, a second
 stop does gain some, as the Hub then always has work when it gets a core: 1.24x
@@ -41,9 +43,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 # A level is judged on a window of answers: at least one per stop in flight and
-# MIN_WINDOW in all, over at least MIN_WINDOW_S of stopping. Quick stops on a loaded
-# machine need the time (a 50 ms hiccup must not decide); slow pods need few answers.
-MIN_WINDOW = 4
+# MIN_WINDOW in all (pods' stop times vary: 0.5 to 2.5 s), over at least MIN_WINDOW_S
+# of stopping (quick stops on a loaded machine: a 50 ms hiccup must not decide).
+MIN_WINDOW = 8
 MIN_WINDOW_S = 0.12
 GAIN = 0.5  # share of the ideal gain from one more stop in flight that justifies it
 # After a try (up or down) that did not pay, wait this long (seconds of stopping) before
@@ -69,7 +71,8 @@ class AdaptiveLimit:
         self.limit = self.floor
         self._latencies: list[float] = []  # this window's answers, at the current limit
         self._rate: dict[int, float] = {}  # last measured stops per second at each level
-        self._trying = 0  # +1: on trial one above the last level, -1: one below, 0: settled
+        self._from: int | None = None  # while a level is on trial: the level it left
+        self._doubling = True  # each try up doubles the limit, until one does not pay
         self._next = UP  # which way the next try goes
         self._hold = 0.0  # seconds of stopping to wait before the next try
         self._backoff = {UP: FIRST_HOLD, DOWN: FIRST_HOLD}  # the hold after a failed try
@@ -86,36 +89,46 @@ class AdaptiveLimit:
             return self.limit
         self._latencies.append(latency)
         n = self.limit
+        if not self._window_full(n):
+            return n
         total = sum(self._latencies)
         spent = total / n  # how long the window took, with n stops always in flight
-        if len(self._latencies) < max(MIN_WINDOW, n) or spent < MIN_WINDOW_S:
-            return n
         self._rate[n] = n * len(self._latencies) / total
         self._latencies = []
-        if self._trying == UP:
-            # Both rates are fresh: the window just before the step, and this one.
-            self._settle(UP, kept=self._pays(n), back=n - 1)
-        elif self._trying == DOWN:
-            self._settle(DOWN, kept=not self._pays(n + 1), back=n + 1)
+        if self._from is not None:
+            # A try: both rates are fresh, the window just before the step and this one.
+            m = self._from
+            way = UP if n > m else DOWN
+            more_pays = self._pays(max(n, m), min(n, m))
+            self._settle(way, kept=more_pays if way == UP else not more_pays, back=m)
         else:
             self._hold -= spent
             held = self._rate_when_held
             if held and not held / SHIFT < self._rate[n] < held * SHIFT:
                 # The Hub or its spawners changed pace: what the failed tries taught
                 # no longer holds (a pod-bound Hub whose stops got quick must come down
-                # now, not after minutes of queued stops).
+                # now, not after minutes of queued stops; pods that got slow are
+                # climbed to by doubling again).
                 self._hold = 0
                 self._backoff = {UP: FIRST_HOLD, DOWN: FIRST_HOLD}
+                self._doubling = True
             if self._hold <= 0:
                 self._try()
         return self.limit
 
-    def _pays(self, n: int) -> bool:
-        """Whether ``n`` in flight beat ``n - 1`` by enough to be worth its queue."""
-        return self._rate[n] >= self._rate[n - 1] * (1 + GAIN / (n - 1))
+    def _window_full(self, n: int) -> bool:
+        """Enough answers at this level to judge it: at least one per stop in flight,
+        MIN_WINDOW in all, over MIN_WINDOW_S of stopping."""
+        k = len(self._latencies)
+        return k >= max(MIN_WINDOW, n) and sum(self._latencies) / n >= MIN_WINDOW_S
+
+    def _pays(self, hi: int, lo: int) -> bool:
+        """Whether ``hi`` in flight beat ``lo`` by enough to be worth its queue: by
+        GAIN of what perfectly parallel stops would give (``hi / lo``)."""
+        return self._rate[hi] >= self._rate[lo] * (1 + GAIN * (hi / lo - 1))
 
     def _settle(self, way: int, kept: bool, back: int) -> None:
-        self._trying = 0
+        self._from = None
         if kept:
             # The step paid (up: more stops per second; down: as many with fewer in
             # flight): go on the same way at once, unless this is the end of the road
@@ -127,6 +140,7 @@ class AdaptiveLimit:
                 return
         else:
             self.limit = back
+            self._doubling = False
             self._backoff[way] = min(MAX_HOLD, 2 * self._backoff[way])
         # Settled: the next try goes the other way if it can, after that way's hold,
         # unless the pace at this level moves first.
@@ -141,8 +155,9 @@ class AdaptiveLimit:
         self._rate_when_held = None
         way = self._next if self._can(self._next) else -self._next
         if self._can(way):
-            self.limit += way
-            self._trying = way
+            self._from = self.limit
+            step = self.limit if way == UP and self._doubling else 1
+            self.limit = min(self.cap, self.limit + step) if way == UP else self.limit - 1
 
 
 @dataclass

@@ -63,6 +63,15 @@ def test_spawners_whose_stop_times_vary_still_get_many_stops_at_once(seed: int) 
     assert median(history) >= 6
 
 
+def test_a_mass_cull_of_pods_gets_many_stops_at_once_early() -> None:
+    # 150 pods whose stops take 0.5 to 2.5 s: the climb must not eat the whole cull.
+    means = []
+    for seed in range(8):
+        history = settle(AdaptiveLimit(cap=10), spawner_bound(0.5, 2.5, seed), rounds=150)
+        means.append(sum(history) / len(history))
+    assert min(means) >= 4 and sum(means) / len(means) >= 6.5, means
+
+
 def test_it_starts_at_one_stop_and_earns_more() -> None:
     queueing = AdaptiveLimit(cap=10)
     assert queueing.limit == 1, "no opening burst of ten stops"
@@ -71,9 +80,10 @@ def test_it_starts_at_one_stop_and_earns_more() -> None:
     # Quick stops are judged over a minimum time, not a handful of answers.
     assert first.index(2) >= MIN_WINDOW_S / (0.014 * 1.2) - 1
     waiting = AdaptiveLimit(cap=10)
-    steps = sum(max(MIN_WINDOW, n) for n in range(1, 10))
-    history = settle(waiting, lambda n: 2.0, rounds=steps)
-    assert history[-1] == 10, "one step per window of answers"
+    steps = sum(max(MIN_WINDOW, n) for n in (1, 2, 4, 8))
+    history = settle(waiting, lambda n: 2.0, rounds=steps + 1)
+    assert history[-1] == 10, "doubling: 1, 2, 4, 8, then the cap, a window each"
+    assert sorted(set(history)) == [1, 2, 4, 8, 10]
 
 
 def test_it_recovers_when_the_hub_stops_queueing() -> None:
