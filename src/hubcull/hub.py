@@ -286,7 +286,9 @@ class HubClient:
         self.stats = RequestStats()
         # Stops (and page reads) in flight: adaptive between 1 and the concurrency
         # limit (see limits.py).
-        self.stop_gate = AdaptiveGate(AdaptiveLimit(cap=concurrency if concurrency > 0 else 50))
+        self.stop_gate = AdaptiveGate(
+            AdaptiveLimit(cap=concurrency if concurrency > 0 else 50), log=self.log
+        )
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()
         self._unreachable_since: float | None = None

@@ -38,6 +38,7 @@ flight. The rate can.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -180,8 +181,9 @@ class AdaptiveGate:
     flight, and counting it as two would make a second stop look like a gain.
     """
 
-    def __init__(self, limit: AdaptiveLimit):
+    def __init__(self, limit: AdaptiveLimit, log: logging.Logger | None = None):
         self.limit = limit
+        self.log = log
         self.in_flight = 0
         self._unmeasured = 0  # places held now by page reads
         self._unmeasured_seen = 0  # places ever granted to them
@@ -204,7 +206,20 @@ class AdaptiveGate:
             elif slot.timings and slot.clean and slot.unmeasured_seen == self._unmeasured_seen:
                 # The last attempt's round trip: a 202 took the Hub's slow_stop_timeout,
                 # the spawner, not the Hub, was slow.
-                self.limit.observe(slot.timings[-1], slot.in_flight)
+                before = self.limit.limit
+                after = self.limit.observe(slot.timings[-1], slot.in_flight)
+                if after != before and self.log is not None:
+                    self.log.debug(
+                        "Stops in flight: %d -> %d (stops/s measured: %s)",
+                        before,
+                        after,
+                        ", ".join(
+                            f"{n}: {self.limit.rate(n):.1f}"
+                            for n in sorted({before, after})
+                            if self.limit.rate(n) is not None
+                        )
+                        or "none",
+                    )
             self._changed.notify_all()
 
     @asynccontextmanager
