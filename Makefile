@@ -15,7 +15,7 @@ lint:
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
 
-# The performance record (docs/benchmarks.md): about 75 minutes on 2 cores.
+# The performance record (docs/benchmarks.md): about 90 minutes on 2 cores.
 bench:
 	scripts/bootstrap bench
 	for b in completeness overrun scan_cost mass_cull slow_spawners probing; do \
