@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,41 +217,59 @@ async def baseline(hub: LocalHub, probe: LatencyProbe, users: list[str], seconds
     }
 
 
-async def main_async(sizes: Sizes, logs: Path) -> dict[str, Any]:
+def user_batches(phases: Sequence[str], n: int) -> dict[str, list[str]]:
+    """n users of their own for each phase."""
+    return {p: [f"{p.replace('-', '')}-{i:05d}" for i in range(n)] for p in phases}
+
+
+def round_order(phases: Sequence[str], rnd: int) -> list[str]:
+    """The phases of a round: in order, then reversed, so none always goes first."""
+    return list(phases) if rnd % 2 == 0 else list(reversed(phases))
+
+
+@asynccontextmanager
+async def culling_hub(
+    batches: Mapping[str, Sequence[str]], logs: Path
+) -> AsyncIterator[tuple[LocalHub, HubLog, LatencyProbe]]:
+    """A Hub with both cullers, the plain client and the bystander as services, every
+    batch's users created, and the bystander polling."""
     services = [
         Service(INCUMBENT, scopes=SCOPES),
         Service(HUBCULL, scopes=SCOPES),
         Service(FLOOR, scopes=["delete:servers"]),
         Service(BYSTANDER, scopes=["read:users"]),
     ]
-    n = sizes.servers
-    batches = {p: [f"{p.replace('-', '')}-{i:05d}" for i in range(n)] for p in PHASES}
-    results: list[dict[str, Any]] = []
     async with bench_hub(services, keep_log=logs / "hub.log") as hub:
-        hub_log = HubLog(hub.log_path)
         await hub.create_users(["bystander"])
         # Interleaved ids: every batch spreads over the same range of the user list.
         await hub.create_users([u for group in zip(*batches.values(), strict=True) for u in group])
         async with LatencyProbe(hub, hub.token(BYSTANDER), "bystander") as probe:
-            for rnd in range(sizes.rounds):
-                order = list(PHASES) if rnd % 2 == 0 else list(reversed(PHASES))
-                note(f"round {rnd}: {order}")
-                b = await baseline(hub, probe, batches[order[0]], sizes.baseline_s)
-                b["round"] = rnd
-                results.append(b)
-                note(f"  idle: latency p50 {fmt(b['latency_ms']['p50'])} ms")
-                for i, name in enumerate(order):
-                    # The baseline's servers are the first phase's servers.
-                    r = await phase(
-                        hub, hub_log, probe, name, batches[name], logs, f"r{rnd}", start=i > 0
-                    )
-                    r["round"] = rnd
-                    results.append(r)
-                    note(
-                        f"  {name}: {r['stopped']}/{r['servers']} in {r['seconds']:.1f}s, "
-                        f"latency p50 {fmt(r['latency_ms']['p50'])} p99 "
-                        f"{fmt(r['latency_ms']['p99'])} ms"
-                    )
+            yield hub, HubLog(hub.log_path), probe
+
+
+async def main_async(sizes: Sizes, logs: Path) -> dict[str, Any]:
+    batches = user_batches(PHASES, sizes.servers)
+    results: list[dict[str, Any]] = []
+    async with culling_hub(batches, logs) as (hub, hub_log, probe):
+        for rnd in range(sizes.rounds):
+            order = round_order(PHASES, rnd)
+            note(f"round {rnd}: {order}")
+            b = await baseline(hub, probe, batches[order[0]], sizes.baseline_s)
+            b["round"] = rnd
+            results.append(b)
+            note(f"  idle: latency p50 {fmt(b['latency_ms']['p50'])} ms")
+            for i, name in enumerate(order):
+                # The baseline's servers are the first phase's servers.
+                r = await phase(
+                    hub, hub_log, probe, name, batches[name], logs, f"r{rnd}", start=i > 0
+                )
+                r["round"] = rnd
+                results.append(r)
+                note(
+                    f"  {name}: {r['stopped']}/{r['servers']} in {r['seconds']:.1f}s, "
+                    f"latency p50 {fmt(r['latency_ms']['p50'])} p99 "
+                    f"{fmt(r['latency_ms']['p99'])} ms"
+                )
     return {"sizes": sizes, "phases": results, "summary": summarize(results)}
 
 

@@ -30,13 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    HUBCULL,
     IDLE_AGO,
     INCUMBENT,
     LABELS,
-    HubLog,
-    LatencyProbe,
-    bench_hub,
     fmt,
     fmt_ratio,
     md_table,
@@ -45,9 +41,9 @@ from harness import (
     ratio,
     run_benchmark,
 )
-from mass_cull import BYSTANDER, FLOOR, SCOPES, phase
+from mass_cull import culling_hub, phase, round_order, user_batches
 
-from hubcull.testing import ServerSpec, Service
+from hubcull.testing import ServerSpec
 
 NAME = "slow_spawners"
 PHASES = ("idle-culler", "hubcull", "floor-10")
@@ -77,39 +73,28 @@ def stop_delays(n: int) -> list[float]:
 
 
 async def main_async(sizes: Sizes, logs: Path) -> dict[str, Any]:
-    services = [
-        Service(INCUMBENT, scopes=SCOPES),
-        Service(HUBCULL, scopes=SCOPES),
-        Service(FLOOR, scopes=["delete:servers"]),
-        Service(BYSTANDER, scopes=["read:users"]),
-    ]
-    n = sizes.servers
-    delays = stop_delays(n)
-    batches = {p: [f"{p.replace('-', '')}-{i:05d}" for i in range(n)] for p in PHASES}
+    delays = stop_delays(sizes.servers)
+    batches = user_batches(PHASES, sizes.servers)
     delay_of = {u: d for users in batches.values() for u, d in zip(users, delays, strict=True)}
 
     def slow_server(user: str) -> ServerSpec:
         return ServerSpec(user, last_activity=IDLE_AGO, stop_delay=delay_of[user])
 
     results: list[dict[str, Any]] = []
-    async with bench_hub(services, keep_log=logs / "hub.log") as hub:
-        hub_log = HubLog(hub.log_path)
-        await hub.create_users(["bystander"])
-        await hub.create_users([u for group in zip(*batches.values(), strict=True) for u in group])
-        async with LatencyProbe(hub, hub.token(BYSTANDER), "bystander") as probe:
-            for rnd in range(sizes.rounds):
-                order = list(PHASES) if rnd % 2 == 0 else list(reversed(PHASES))
-                note(f"round {rnd}: {order}")
-                for name in order:
-                    r = await phase(
-                        hub, hub_log, probe, name, batches[name], logs, f"r{rnd}", spec=slow_server
-                    )
-                    r["round"] = rnd
-                    results.append(r)
-                    note(
-                        f"  {name}: {r['stopped']}/{r['servers']} in {r['seconds']:.1f}s, "
-                        f"{r['stops_in_flight']['mean']} stops in flight on average"
-                    )
+    async with culling_hub(batches, logs) as (hub, hub_log, probe):
+        for rnd in range(sizes.rounds):
+            order = round_order(PHASES, rnd)
+            note(f"round {rnd}: {order}")
+            for name in order:
+                r = await phase(
+                    hub, hub_log, probe, name, batches[name], logs, f"r{rnd}", spec=slow_server
+                )
+                r["round"] = rnd
+                results.append(r)
+                note(
+                    f"  {name}: {r['stopped']}/{r['servers']} in {r['seconds']:.1f}s, "
+                    f"{r['stops_in_flight']['mean']} stops in flight on average"
+                )
     return {
         "sizes": sizes,
         "stop_delay_s": {"sum": round(sum(delays), 2), "min": min(delays), "max": max(delays)},
