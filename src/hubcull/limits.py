@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 # of stopping (quick stops on a loaded machine: a 50 ms hiccup must not decide).
 MIN_WINDOW = 8
 MIN_WINDOW_S = 0.12
-GAIN = 0.5  # share of the ideal gain from one more stop in flight that justifies it
+GAIN = 0.5  # share of the ideal gain of a step, m to n in flight (n / m), that justifies it
 # After a try (up or down) that did not pay, wait this long (seconds of stopping) before
 # the next try that way, doubling up to the maximum. Each try up on a Hub that queues
 # puts a second stop ahead of its users' requests, so they are rare; a change of pace
