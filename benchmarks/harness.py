@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 import psutil
 
-from hubcull.testing import LocalHub, ServerSpec, Service
+from hubcull.testing import LocalHub, ServerSpec, Service, time_at_each_count
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -214,13 +214,7 @@ class HubLog:
 def in_flight(requests: Sequence[HubRequest]) -> dict[str, Any]:
     """How many of these requests the Hub had in hand at once, from its log: the
     time-weighted mean while any was, the most, and the share of that time at each count."""
-    edges = sorted([(r.start, 1) for r in requests] + [(r.end, -1) for r in requests])
-    spent: Counter[int] = Counter()
-    now, last = 0, 0.0
-    for t, step in edges:  # at equal times, an end (-1) sorts before a start
-        if now:
-            spent[now] += t - last
-        now, last = now + step, t
+    spent = time_at_each_count((r.start, r.end) for r in requests)
     total = sum(spent.values())
     if not total:
         return {"mean": None, "max": 0, "share": {}}

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from datetime import datetime
 
-from hubcull.testing import LocalHub, ServerSpec
+from hubcull.testing import LocalHub, ServerSpec, time_at_each_count
 
 from .conftest import ago, run_hubcull
 
@@ -24,7 +24,7 @@ _DELETE = re.compile(
 
 def time_in_flight(log: str) -> Counter[int]:
     """Seconds spent with each number of DELETEs in flight (0 left out)."""
-    edges: list[tuple[float, int]] = []
+    intervals: list[tuple[float, float]] = []
     for line in log.splitlines():
         m = _DELETE.match(line)
         if m is None:
@@ -32,15 +32,9 @@ def time_in_flight(log: str) -> Counter[int]:
         end = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
         # Times are logged to the millisecond and durations rounded: a stop sent just
         # as another ended could seem to overlap it. Count each from 2 ms in.
-        edges += [(end - int(m["ms"]) / 1000 + SLACK, 1), (end, -1)]
-    assert edges, "no DELETE in the log"
-    spent: Counter[int] = Counter()
-    now, last = 0, None
-    for t, step in sorted(edges):  # at equal times, an end (-1) sorts before a start
-        if last is not None and now:
-            spent[now] += t - last
-        now, last = now + step, t
-    return spent
+        intervals.append((end - int(m["ms"]) / 1000 + SLACK, end))
+    assert intervals, "no DELETE in the log"
+    return time_at_each_count(intervals)
 
 
 async def test_slow_spawners_get_many_stops_at_once(clean_hub: LocalHub) -> None:

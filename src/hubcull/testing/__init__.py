@@ -10,6 +10,7 @@ from .hub import (
     free_port,
     server_path,
 )
+from .overlap import time_at_each_count
 
 __all__ = [
     "CULLER_SCOPES",
@@ -20,4 +21,5 @@ __all__ = [
     "find_chp",
     "free_port",
     "server_path",
+    "time_at_each_count",
 ]
