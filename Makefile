@@ -8,12 +8,12 @@ demo:
 
 test:
 	scripts/bootstrap test
-	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks testkit
 	.venv/bin/python -m pytest -q
 
 lint:
-	.venv/bin/ruff check src tests benchmarks
-	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks testkit
+	.venv/bin/ruff format --check src tests benchmarks testkit
 
 # The performance record (docs/benchmarks.md): about 90 minutes on 2 cores.
 bench:
