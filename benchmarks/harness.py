@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -36,14 +35,18 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import aiohttp
 import psutil
 
-from hubcull.testing import LocalHub, ServerSpec, Service, time_at_each_count
-
 ROOT = Path(__file__).resolve().parents[1]
+# testkit/ (test-only helpers shared with tests/) is imported from the checkout.
+sys.path.insert(0, str(ROOT))
+
+from hubcull.testing import LocalHub, ServerSpec, Service  # noqa: E402
+from testkit.hublog import HubLog, HubRequest, in_flight, parse_access_line  # noqa: E402, F401
+
 RESULTS = ROOT / "benchmarks" / "results"
 RAW = RESULTS / "raw"  # git-ignored: logs kept for inspection, smoke-run outputs
 
@@ -106,123 +109,6 @@ async def start_servers(hub: LocalHub, specs: Sequence[ServerSpec], concurrency:
     t0 = time.monotonic()
     await hub.start_servers(list(specs), concurrency=concurrency)
     return time.monotonic() - t0
-
-
-# --- the Hub's access log ----------------------------------------------------------------
-
-_ACCESS = re.compile(
-    r"^\[[A-Z] (?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) JupyterHub log:\d+\] "
-    r"(?P<status>\d{3}) (?P<method>[A-Z]+) (?P<uri>\S+) "
-    r"\((?:(?P<who>[^@()\s]*)@)?[^()]*\) (?P<ms>[\d.]+)ms$"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class HubRequest:
-    """One line of the Hub's access log: a request, when it ended, who sent it."""
-
-    end: float  # wall clock (epoch seconds) when the Hub finished it
-    ms: float  # how long the Hub took
-    status: int
-    method: str
-    uri: str  # e.g. /hub/api/users/alice/server
-    who: str  # the user or service the token belongs to ("" without a token)
-
-    @property
-    def start(self) -> float:
-        return self.end - self.ms / 1000
-
-    @property
-    def path(self) -> str:
-        return self.uri.split("?", 1)[0]
-
-    @property
-    def user(self) -> str:
-        """The user a ``/hub/api/users/<name>/...`` request is about ("" for others)."""
-        parts = self.path.split("/")
-        return unquote(parts[4]) if len(parts) > 4 else ""
-
-    @property
-    def kind(self) -> str:
-        """list / user / stop / activity / other: what a culler's request was for."""
-        path = self.path
-        if not path.startswith("/hub/api/users"):
-            return "other"
-        rest = path[len("/hub/api/users") :]
-        if rest in ("", "/"):
-            return "list"
-        if self.method == "DELETE" and ("/server" in rest):
-            return "stop"
-        if rest.endswith("/activity"):
-            return "activity"
-        if self.method == "GET" and rest.count("/") == 1:
-            return "user"
-        return "other"
-
-
-def parse_access_line(line: str) -> HubRequest | None:
-    m = _ACCESS.match(line)
-    if m is None:
-        return None
-    when = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-    return HubRequest(
-        end=when,
-        ms=float(m["ms"]),
-        status=int(m["status"]),
-        method=m["method"],
-        uri=m["uri"],
-        who=m["who"] or "",
-    )
-
-
-class HubLog:
-    """Reads the Hub's log incrementally and keeps every API request it records."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._offset = 0
-        self._partial = b""
-        self.requests: list[HubRequest] = []
-
-    def refresh(self) -> list[HubRequest]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return self.requests
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        for raw in lines:
-            if b" JupyterHub log:" not in raw:
-                continue
-            req = parse_access_line(raw.decode(errors="replace").rstrip("\r"))
-            if req is not None:
-                self.requests.append(req)
-        return self.requests
-
-    def mark(self) -> int:
-        """An index into :attr:`requests`: pass it as ``since`` to look only at what follows."""
-        return len(self.refresh())
-
-    def by(self, who: str, since: int = 0) -> list[HubRequest]:
-        return [r for r in self.refresh()[since:] if r.who == who]
-
-
-def in_flight(requests: Sequence[HubRequest]) -> dict[str, Any]:
-    """How many of these requests the Hub had in hand at once, from its log: the
-    time-weighted mean while any was, the most, and the share of that time at each count."""
-    spent = time_at_each_count((r.start, r.end) for r in requests)
-    total = sum(spent.values())
-    if not total:
-        return {"mean": None, "max": 0, "share": {}}
-    return {
-        "mean": round(sum(k * v for k, v in spent.items()) / total, 2),
-        "max": max(spent),
-        "share": {k: round(v / total, 4) for k, v in sorted(spent.items())},
-    }
 
 
 def count_kinds(requests: Iterable[HubRequest]) -> dict[str, int]:

@@ -38,9 +38,12 @@ from urllib.parse import quote, unquote
 
 import aiohttp
 
-from hubcull.model import ModelError, parse_user
-from hubcull.testing import LocalHub, ServerSpec, Service, server_path
-from hubcull.testing.faults import FaultProxy, FaultRule
+# testkit/ (test-only helpers shared with tests/) is imported from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hubcull.model import ModelError, parse_user  # noqa: E402
+from hubcull.testing import LocalHub, ServerSpec, Service, server_path  # noqa: E402
+from testkit.faults import FaultProxy, FaultRule  # noqa: E402
 
 IDLE_AGO = 7200.0  # seconds: far past the 600 s timeout
 ACTIVE_AGO = 5.0  # seconds: far inside it, for the whole scenario

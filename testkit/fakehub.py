@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +37,9 @@ class FakeServer:
     ready: bool = True
     user_options: dict[str, Any] = field(default_factory=dict)
     stop_delay: float = 0.0  # seconds the spawner takes to stop it
-    lose_stops: int = 0  # the first N stops are answered 204 and do nothing
+    # The first N stops are lost: answered as usual (204, or 202 then back to running)
+    # and the server runs on, as jupyterhub-idle-culler#77.
+    lose_stops: int = 0
 
 
 @dataclass
@@ -87,12 +89,13 @@ class FakeHub:
         *,
         page_max: int = 200,
         slow_stop_timeout: float = 10.0,
-        latency: float = 0.0,
+        latency: Mapping[str, float] | None = None,
     ) -> None:
         self.clock = clock
         self.page_max = page_max
         self.slow_stop_timeout = slow_stop_timeout
-        self.latency = latency  # seconds each request takes (on the loop's clock)
+        # Seconds each kind of request takes (list, user, stop, delete-user), on the loop's clock.
+        self.latency = dict(latency or {})
         self.users: dict[str, FakeUser] = {}
         self.stats = RequestStats()
         self._ids = itertools.count(1)
@@ -128,7 +131,7 @@ class FakeHub:
         self._in_flight[kind] = self._in_flight.get(kind, 0) + 1
         self.most_in_flight[kind] = max(self.most_in_flight.get(kind, 0), self._in_flight[kind])
         try:
-            await asyncio.sleep(self.latency)
+            await asyncio.sleep(self.latency.get(kind, 0.0))
         finally:
             self._in_flight[kind] -= 1
 
@@ -162,22 +165,22 @@ class FakeHub:
         srv = owner.servers[server]
         if srv.pending == "stop":
             return StopOutcome.STOPPING
-        if srv.lose_stops:
-            srv.lose_stops -= 1
-            return StopOutcome.STOPPED
-        now = self.clock()
-        owner.last_activity = now
-        srv.last_activity = now
         if srv.stop_delay > self.slow_stop_timeout:
             srv.pending, srv.ready = "stop", False
-            asyncio.get_running_loop().call_later(srv.stop_delay, self._gone, owner, server)
+            asyncio.get_running_loop().call_later(srv.stop_delay, self._stopped, owner, srv)
             return StopOutcome.STOPPING
         await asyncio.sleep(srv.stop_delay)
-        self._gone(owner, server)
+        self._stopped(owner, srv)
         return StopOutcome.STOPPED
 
-    def _gone(self, owner: FakeUser, server: str) -> None:
-        owner.servers.pop(server, None)
+    def _stopped(self, owner: FakeUser, srv: FakeServer) -> None:
+        if srv.lose_stops:
+            srv.lose_stops -= 1
+            srv.pending, srv.ready = None, True  # the stop was lost: it runs on
+            return
+        if owner.servers.get(srv.name) is srv:
+            del owner.servers[srv.name]
+            owner.last_activity = self.clock()  # the Hub stamps "now" on a stop
 
     async def delete_user(self, name: str) -> bool:
         await self._request("delete-user", name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,7 +44,6 @@ class ProbeMemory:
 
     probed_at: datetime
     hub_activity_before: datetime | None  # the Hub's last_activity before our probes
-    seen: bool = field(default=True)
 
 
 def _json(body: bytes, what: str) -> Any:
@@ -126,7 +125,7 @@ def hub_activity_without_our_probes(server: Server, memory: ProbeMemory | None) 
     later than our last probe (plus slack) cannot be the user's: keep the time the Hub
     had before we started probing. A later time is genuine activity.
     """
-    hub = server.last_activity or server.started
+    hub = server.activity_ref
     if memory is None or hub is None:
         return hub
     if hub <= memory.probed_at + PROBE_STAMP_SLACK:

@@ -39,15 +39,8 @@ from traitlets.config.loader import ConfigFileNotFound, KVArgParseConfigLoader
 
 from . import __version__
 from .activity import ProbeError, Prober
-from .engine import (
-    DEADLINE_MODES,
-    Culler,
-    PassReport,
-    StartupError,
-    preflight,
-    run_scheduled,
-    utcnow,
-)
+from .engine import Engine, EngineOptions, utcnow
+from .events import DeadlineMode, EventBus, PassReport, StopLimitChanged
 from .hub import (
     HubClient,
     HubError,
@@ -56,8 +49,13 @@ from .hub import (
     TokenSource,
     make_internal_ssl_context,
 )
+from .limits import AdaptiveGate, AdaptiveLimit
 from .logsafe import RedactSecrets
+from .observe.dryrun import DryRunPrinter
+from .observe.logs import LogLines
+from .observe.status import StatusView
 from .policy import MAX_SECONDS, ProbeRules, Rules
+from .preflight import Connection, StartupError, preflight
 
 DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
 EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -208,9 +206,8 @@ class IdleCuller(Application):
             """
             Users per page when listing users (the Hub caps it at its api_page_max_limit,
             200 by default). 0: 50, the Hub's default (200 with --deadline-checks=budget).
-            Larger pages mean fewer requests, but
-            the Hub builds each one in a single step on its only event loop, holding every
-            other request meanwhile (about 0.5 ms per user here).
+            Larger pages mean fewer requests, but the Hub builds each one in a single step
+            on its only event loop, holding every other request meanwhile.
             """
         ),
     ).tag(config=True)
@@ -366,7 +363,7 @@ class HubCull(IdleCuller):
     ).tag(config=True)
 
     deadline_checks = CaselessStrEnum(
-        list(DEADLINE_MODES),
+        [m.value for m in DeadlineMode],
         default_value="always",
         help=_help(
             """
@@ -676,52 +673,83 @@ class HubCull(IdleCuller):
                 "--concurrency=0: no limit on concurrent Hub requests; a mass cull can overload "
                 "the Hub"
             )
+        bus = EventBus(self.log)
+        self.status = StatusView()
+        bus.attach(LogLines(self.log))
+        bus.attach(self.status)
+        if self.dry_run:
+            bus.attach(DryRunPrinter(self.status, self._emit))
+        # Stops (and page reads) in flight: adaptive between 1 and the concurrency
+        # limit (see limits.py).
+        gate = AdaptiveGate(
+            AdaptiveLimit(cap=self.concurrency if self.concurrency > 0 else 50),
+            on_change=lambda before, after, rates: bus.emit(
+                StopLimitChanged(utcnow(), before, after, rates)
+            ),
+        )
         hub = HubClient(
             self.url,
             token,
             concurrency=self.concurrency,
+            stop_gate=gate,
             request_timeout=self.request_timeout,
             ssl_context=ssl_context,
-            log=self.log,
             retry=RetryPolicy(retries=self.retries),
+            emit=bus.emit,
         )
         self._warn_plain_http(hub)
         async with hub:
             try:
-                await preflight(hub, self.rules(), self.log, check_kernels=self.check_kernels)
+                connection = await preflight(hub, self.rules(), check_kernels=self.check_kernels)
             except StartupError as e:
                 first, *rest = str(e).splitlines()
                 self.log.critical("%s", first)
                 if rest:
                     print("\n".join(rest), file=sys.stderr)
                 return EXIT_CONFIG
-            culler = Culler(
+            self._log_connection(connection)
+            engine = Engine(
                 hub,
                 self.rules(),
+                bus.emit,
+                EngineOptions(
+                    dry_run=self.dry_run,
+                    page_size=self.api_page_size,
+                    workers=self.concurrency or 50,
+                    stop_wait=self.stop_wait,
+                    verify_stops=self.once,
+                    deadline_checks=DeadlineMode(self.deadline_checks),
+                ),
                 arbiter=self.cull_arbiter_hook,
-                dry_run=self.dry_run,
-                page_size=self.api_page_size,
-                workers=self.concurrency or 50,
-                stop_wait=self.stop_wait,
-                verify_stops=self.once,
-                deadline_checks=self.deadline_checks,
                 prober=self._prober(hub),
                 probe_rules=ProbeRules(
                     busy_timeout=self.busy_timeout,
                     cpu_threshold=self.cpu_threshold or None,
                 ),
-                log=self.log,
-                emit=self._emit,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig, culler)
+                loop.add_signal_handler(sig, self._on_signal, sig, engine)
             if self.once or self.dry_run:
-                report = await self._bounded(culler.run_pass(), culler)
-                if culler.stopping.is_set():
+                report = await self._bounded(engine.run_pass(), engine)
+                if engine.stopping.is_set():
                     return EXIT_OK
                 return EXIT_OK if report is not None and report.ok else EXIT_PASS_FAILED
-            return await self._run_forever(culler)
+            return await self._run_forever(engine)
+
+    def _log_connection(self, c: Connection) -> None:
+        if c.filtered_scopes:
+            self.log.info(
+                "Token scopes are filtered (%s): only those users are culled",
+                ", ".join(c.filtered_scopes),
+            )
+        self.log.info(
+            "Connected to JupyterHub %s at %s as %s '%s'",
+            c.version,
+            c.api_url,
+            c.identity.kind,
+            c.identity.name,
+        )
 
     def _prober(self, hub: HubClient) -> Prober | None:
         if not self.check_kernels:
@@ -753,7 +781,7 @@ class HubCull(IdleCuller):
                 hub.api_url,
             )
 
-    async def _run_forever(self, culler: Culler) -> int:
+    async def _run_forever(self, engine: Engine) -> int:
         every = self.cull_every or max(1, self.timeout // 2)
         self.log.info(
             "Culling servers idle for %ss%s, a full pass every %ss",
@@ -761,14 +789,14 @@ class HubCull(IdleCuller):
             f" or older than {self.max_age}s" if self.max_age else "",
             every,
         )
-        await self._bounded(run_scheduled(culler, every, self.log), culler)
+        await self._bounded(engine.run_forever(every), engine)
         self.log.info("Stopped")
         return EXIT_OK
 
-    async def _bounded(self, work: Any, culler: Culler) -> Any:
+    async def _bounded(self, work: Any, engine: Engine) -> Any:
         """Run until done; after a stop signal, give what is under way SHUTDOWN_GRACE seconds."""
         task = asyncio.ensure_future(work)
-        stop = asyncio.ensure_future(culler.stopping.wait())
+        stop = asyncio.ensure_future(engine.stopping.wait())
         try:
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
@@ -786,11 +814,11 @@ class HubCull(IdleCuller):
         finally:
             stop.cancel()
 
-    def _on_signal(self, sig: signal.Signals, culler: Culler) -> None:
-        if culler.stopping.is_set():
+    def _on_signal(self, sig: signal.Signals, engine: Engine) -> None:
+        if engine.stopping.is_set():
             return
         self.log.info("Received %s, finishing up", signal.Signals(sig).name)
-        culler.stopping.set()
+        engine.stopping.set()
 
 
 def is_loopback(host: str) -> bool:

@@ -5,32 +5,37 @@ headers, and turns every failure into one exception of the :class:`HubError`
 family that says what went wrong in the operator's terms. No message built
 here ever contains the token: errors are composed from the method, the path and
 the Hub's own message, never from the request object (whose headers hold it).
+
+What it sees it reports as events (each request, the Hub going away and coming
+back), like the engine; it logs nothing itself. :class:`HubAPI` is what the
+engine needs of it, so engine tests can run on an in-memory Hub.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import enum
 import json
-import logging
 import os
 import random
 import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from yarl import URL
 
 from . import __version__
-from .limits import AdaptiveGate, AdaptiveLimit
+from .events import Emit, Event, HubDown, HubRequestDone, HubUp
+from .limits import AdaptiveGate, Slot
+from .model import StopOutcome
 
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 # Seconds without any answer before the Hub is said to be unreachable (a request that
@@ -51,10 +56,6 @@ class HubUnreachable(HubError):
         super().__init__(f"cannot reach the Hub at {url}: {cause}")
 
 
-class HubTimeout(HubUnreachable):
-    pass
-
-
 class HubAPIError(HubError):
     """The Hub answered with an error status."""
 
@@ -64,14 +65,6 @@ class HubAPIError(HubError):
         self.status = status
         self.message = message
         super().__init__(f"{method} {path}: {status} {message}".rstrip())
-
-
-class TokenRejected(HubAPIError):
-    """403 'Missing or invalid credentials': the token is unknown, expired or revoked."""
-
-
-class ScopeDenied(HubAPIError):
-    """403 naming the scopes the action needs: the token is valid but lacks a scope."""
 
 
 class BadResponse(HubError):
@@ -91,12 +84,6 @@ class ListPage:
     offset: int
     limit: int
     total: int
-
-
-class StopOutcome(enum.Enum):
-    STOPPED = "stopped"  # 204: the Hub says it is stopped
-    STOPPING = "stopping"  # 202: still stopping after the Hub's slow_stop_timeout
-    GONE = "gone"  # 404: the user or server no longer exists
 
 
 class TokenSource:
@@ -249,7 +236,6 @@ class RequestStats:
     """Counts of requests by kind, for reports and benchmarks."""
 
     by_kind: Counter[str] = field(default_factory=Counter)
-    retries: int = 0
 
     @property
     def total(self) -> int:
@@ -262,8 +248,32 @@ class RequestStats:
         return sum(n for kind, n in self.by_kind.items() if kind not in NOT_READS)
 
 
+class HubAPI(Protocol):
+    """What the engine needs of the Hub: :class:`HubClient`, or an in-memory fake."""
+
+    api_url: str
+    stats: RequestStats
+
+    async def list_users_page(self, state: str, offset: int, limit: int) -> ListPage: ...
+
+    async def get_user(self, name: str) -> Any: ...
+
+    async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome: ...
+
+    async def delete_user(self, name: str) -> bool: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class HubClient:
-    """An authenticated, concurrency-limited session with the Hub's REST API."""
+    """An authenticated, concurrency-limited session with the Hub's REST API.
+
+    ``stop_gate`` (see limits.py) bounds the stops, and the page reads beside them,
+    in flight; without one only ``concurrency`` does. ``emit`` receives the client's
+    events: each request attempt, and the Hub going away and coming back.
+    """
 
     def __init__(
         self,
@@ -271,31 +281,33 @@ class HubClient:
         token: TokenSource,
         *,
         concurrency: int = 10,
+        stop_gate: AdaptiveGate | None = None,
         request_timeout: float = 60,
         ssl_context: ssl.SSLContext | None = None,
-        log: logging.Logger | None = None,
         retry: RetryPolicy | None = None,
+        emit: Emit | None = None,
+        clock: Callable[[], datetime] = _utcnow,
     ):
         self.api_url = api_url.rstrip("/")
         self.token = token
         self.request_timeout = request_timeout
         self.ssl_context = ssl_context
-        self.log = log or logging.getLogger("hubcull")
         self._sem = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         self._session: aiohttp.ClientSession | None = None
         self.stats = RequestStats()
-        # Stops (and page reads) in flight: adaptive between 1 and the concurrency
-        # limit (see limits.py).
-        self.stop_gate = AdaptiveGate(
-            AdaptiveLimit(cap=concurrency if concurrency > 0 else 50), log=self.log
-        )
+        self.stop_gate = stop_gate
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()
+        self._emit = emit
+        self._clock = clock
         self._unreachable_since: float | None = None
         self._outage_announced = False
         # Off during start-up checks, whose failure is reported (once) as fatal instead.
         self.announce_outages = True
-        self.on_request: Callable[[str, str, int | None, float], None] | None = None
+
+    def emit(self, event: Event) -> None:
+        if self._emit is not None:
+            self._emit(event)
 
     @property
     def hub_host(self) -> str:
@@ -329,6 +341,15 @@ class HubClient:
             url += "?" + urlencode(params)
         return url
 
+    @asynccontextmanager
+    async def _stop_place(self, measured: bool = True) -> AsyncIterator[Slot | None]:
+        """A place among the stops in flight (none to take without a stop gate)."""
+        if self.stop_gate is None:
+            yield None
+            return
+        async with self.stop_gate.place(measured=measured) as slot:
+            yield slot
+
     async def request(
         self,
         method: str,
@@ -348,36 +369,56 @@ class HubClient:
         answers 204 (server) or 404 (user) when the first one already took effect.
         """
         shown = path if not params else f"{path}?{urlencode(params)}"
+        kind = kind or method
         attempt = 0
         while True:
+            start = time.monotonic()
             try:
                 status, payload, retry_after = await self._send(
                     method, path, params, body, auth, accept, kind, shown, timings
                 )
             except HubUnreachable as e:
                 exhausted = attempt >= self.retry.retries
+                delay = None if exhausted else self.retry.delay(attempt, self._rng)
+                self._report(method, shown, kind, None, start, delay, e.cause)
                 self._lost_contact(e, exhausted)
-                if exhausted:
+                if delay is None:
                     raise
-                delay = self.retry.delay(attempt, self._rng)
-                self.log.debug("%s %s: %s; retrying in %.1fs", method, shown, e.cause, delay)
             else:
+                retry = (status >= 500 or status == 429) and attempt < self.retry.retries
+                delay = self.retry.delay(attempt, self._rng, retry_after) if retry else None
+                self._report(method, shown, kind, status, start, delay, None)
                 self._regained_contact()
-                if not (status >= 500 or status == 429) or attempt >= self.retry.retries:
+                if delay is None:
                     break
-                delay = self.retry.delay(attempt, self._rng, retry_after)
-                self.log.debug("%s %s -> %s; retrying in %.1fs", method, shown, status, delay)
             attempt += 1
-            self.stats.retries += 1
             await asyncio.sleep(delay)
         if 200 <= status < 300 or status == 404:
             return status, payload
-        message = _hub_message(payload)
-        if status == 403 and "invalid credentials" in message.lower():
-            raise TokenRejected(method, shown, status, message)
-        if status == 403 and "scope" in message.lower():
-            raise ScopeDenied(method, shown, status, message)
-        raise HubAPIError(method, shown, status, message)
+        raise HubAPIError(method, shown, status, _hub_message(payload))
+
+    def _report(
+        self,
+        method: str,
+        target: str,
+        kind: str,
+        status: int | None,
+        start: float,
+        retry_in: float | None,
+        cause: str | None,
+    ) -> None:
+        self.emit(
+            HubRequestDone(
+                self._clock(),
+                method,
+                target,
+                kind,
+                status,
+                time.monotonic() - start,
+                retry_in,
+                cause,
+            )
+        )
 
     async def _send(
         self,
@@ -387,7 +428,7 @@ class HubClient:
         body: Any,
         auth: bool,
         accept: str,
-        kind: str | None,
+        kind: str,
         shown: str,
         timings: list[float] | None = None,
     ) -> tuple[int, bytes, float | None]:
@@ -400,26 +441,18 @@ class HubClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        self.stats.by_kind[kind or method] += 1
-        start = time.monotonic()
-        status: int | None = None
-        try:
-            status, payload, resp_headers, roundtrip = await self._exchange(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                timeout=self.request_timeout,
-                target=self.api_url,
-                timeout_message=f"{method} {shown} timed out after {self.request_timeout:g}s",
-            )
-        finally:
-            elapsed = time.monotonic() - start
-            if self.on_request is not None:
-                self.on_request(method, path, status, elapsed)
+        self.stats.by_kind[kind] += 1
+        status, payload, resp_headers, roundtrip = await self._exchange(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            timeout=self.request_timeout,
+            target=self.api_url,
+            timeout_message=f"{method} {shown} timed out after {self.request_timeout:g}s",
+        )
         if timings is not None:
             timings.append(roundtrip)
-        self.log.debug("%s %s -> %s (%.0f ms)", method, shown, status, elapsed * 1000)
         return status, payload, _retry_after(resp_headers.get("Retry-After"))
 
     async def _exchange(
@@ -436,9 +469,9 @@ class HubClient:
     ) -> tuple[int, bytes, Mapping[str, str], float]:
         """One HTTP exchange inside the concurrency limit: (status, body, headers, seconds).
 
-        Transport failures become HubUnreachable (HubTimeout) naming ``target``; the
-        message is built here, never from aiohttp's exception (whose request info
-        carries the headers, token included).
+        Transport failures become HubUnreachable naming ``target``; the message is built
+        here, never from aiohttp's exception (whose request info carries the headers,
+        token included).
         """
         try:
             if self._sem is not None:
@@ -461,7 +494,7 @@ class HubClient:
         except asyncio.CancelledError:
             raise
         except asyncio.TimeoutError:
-            raise HubTimeout(target, timeout_message) from None
+            raise HubUnreachable(target, timeout_message) from None
         except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
             raise HubUnreachable(target, _safe_cause(e)) from None
 
@@ -474,6 +507,7 @@ class HubClient:
         headers = {"Accept": "application/json", "Authorization": f"token {self.token.get()}"}
         self.stats.by_kind["probe"] += 1
         status: int | None = None
+        cause: str | None = None
         start = time.monotonic()
         try:
             status, body, _, _ = await self._exchange(
@@ -485,10 +519,11 @@ class HubClient:
                 timeout_message=f"timed out after {timeout:g}s",
                 allow_redirects=False,
             )
+        except HubUnreachable as e:
+            cause = e.cause
+            raise
         finally:
-            self.log.debug(
-                "probe GET %s -> %s (%.0f ms)", url, status, (time.monotonic() - start) * 1000
-            )
+            self._report("GET", url, "probe", status, start, None, cause)
         return status, body
 
     def _lost_contact(self, error: HubUnreachable, exhausted: bool) -> None:
@@ -507,7 +542,7 @@ class HubClient:
             and (exhausted or now - self._unreachable_since >= OUTAGE_AFTER)
         ):
             self._outage_announced = True
-            self.log.warning("%s; retrying, and saying so when it answers again", error)
+            self.emit(HubDown(self._clock(), str(error)))
 
     def _regained_contact(self) -> None:
         if self._unreachable_since is not None:
@@ -515,13 +550,7 @@ class HubClient:
             self._unreachable_since = None
             if self._outage_announced:
                 self._outage_announced = False
-                self.log.warning(
-                    "The Hub at %s answers again (unreachable for %.0fs)", self.api_url, gone
-                )
-
-    @property
-    def reachable(self) -> bool:
-        return self._unreachable_since is None
+                self.emit(HubUp(self._clock(), self.api_url, gone))
 
     async def get_json(self, path: str, **kwargs: Any) -> Any:
         status, payload = await self.request("GET", path, **kwargs)
@@ -561,7 +590,7 @@ class HubClient:
         # A page holds the Hub's event loop as long as several stops do: it takes a
         # place among the stops in flight, so a mass cull never has a page read on top
         # of its stops (everyone else's requests would wait behind both).
-        async with self.stop_gate.place(measured=False):
+        async with self._stop_place(measured=False):
             data = await self.get_json(
                 "/users", params=params, accept=PAGINATION_MEDIA_TYPE, kind="list"
             )
@@ -591,13 +620,13 @@ class HubClient:
     async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome:
         """Stop a server, within the adaptive stop limit (see limits.py)."""
         path = server_path(user, server)
-        async with self.stop_gate.place() as slot:
+        async with self._stop_place() as slot:
             status, _ = await self.request(
                 "DELETE",
                 path,
                 body={"remove": True} if remove else None,
                 kind="stop",
-                timings=slot.timings,
+                timings=None if slot is None else slot.timings,
             )
         if status == 404:
             return StopOutcome.GONE

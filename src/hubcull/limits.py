@@ -1,7 +1,8 @@
 """How many stops to have in flight: as many as make the Hub go faster, and no more.
 
-A stop costs the Hub about 16 ms of its single event loop, whatever the client's
-concurrency, when the spawner itself is quick. Ten stops in flight then do not stop
+A stop costs the Hub a fixed slice of its single event loop, whatever the client's
+concurrency, when the spawner itself is quick (docs/benchmarks.md, "Figures the design
+rests on"). Ten stops in flight then do not stop
 servers any faster than one; they only make everyone else's requests (users' page
 loads, the proxy, other services) wait behind a queue of ten. But with a slow spawner
 (a Kubernetes pod takes seconds to go, and some take much longer than others), the Hub
@@ -16,9 +17,9 @@ perfectly parallel stops would give (``n / m`` from ``m`` to ``n``), and goes ba
 otherwise. A Hub that queues
 gains nothing from a second stop, so the limit returns to one and waits longer
 before each new try. (On a machine whose cores are busy with other work, a second
-stop does gain some, as the Hub then always has work when it gets a core: 1.24x
-measured here with two busy processes on two cores. Half the ideal, 1.5x, keeps such
-gains from lifting the limit; a third of it did not.) A Hub that waits on its
+stop does gain some, as the Hub then always has work when it gets a core; asking for
+half the ideal gain keeps such gains from lifting the limit, docs/benchmarks.md says
+by how much.) A Hub that waits on its
 spawners gains at every step, up to the cap, however much the stop times of
 individual servers vary.
 
@@ -38,8 +39,7 @@ flight. The rate can.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -181,9 +181,14 @@ class AdaptiveGate:
     flight, and counting it as two would make a second stop look like a gain.
     """
 
-    def __init__(self, limit: AdaptiveLimit, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        limit: AdaptiveLimit,
+        on_change: Callable[[int, int, Mapping[int, float]], None] | None = None,
+    ):
         self.limit = limit
-        self.log = log
+        # Told of each change of the limit: (before, after, stops/s measured at each).
+        self.on_change = on_change
         self.in_flight = 0
         self._unmeasured = 0  # places held now by page reads
         self._unmeasured_seen = 0  # places ever granted to them
@@ -208,18 +213,9 @@ class AdaptiveGate:
                 # the spawner, not the Hub, was slow.
                 before = self.limit.limit
                 after = self.limit.observe(slot.timings[-1], slot.in_flight)
-                if after != before and self.log is not None:
-                    self.log.debug(
-                        "Stops in flight: %d -> %d (stops/s measured: %s)",
-                        before,
-                        after,
-                        ", ".join(
-                            f"{n}: {self.limit.rate(n):.1f}"
-                            for n in sorted({before, after})
-                            if self.limit.rate(n) is not None
-                        )
-                        or "none",
-                    )
+                if after != before and self.on_change is not None:
+                    rates = {n: self.limit.rate(n) for n in sorted({before, after})}
+                    self.on_change(before, after, {n: r for n, r in rates.items() if r is not None})
             self._changed.notify_all()
 
     @asynccontextmanager

@@ -8,6 +8,7 @@ guessed field. All timestamps become aware UTC datetimes here, in one place.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,10 @@ class Server:
     started: datetime | None
     last_activity: datetime | None
     url: str | None = None
+    # What the user chose at spawn: KubeSpawner's profile_list stores the profile's slug
+    # as "profile" and the profile's options as further keys. Empty when the Hub says
+    # nothing (or something that is not an object: it never decides a cull on its own).
+    user_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # The Hub's own JSON for this server: handed unchanged to a cull_arbiter_hook,
     # which was written against the raw model.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -92,6 +97,17 @@ class Server:
     @property
     def is_default(self) -> bool:
         return self.name == ""
+
+    @property
+    def activity_ref(self) -> datetime | None:
+        """The moment idleness counts from: the last activity, or the start when there
+        has been none yet (the Hub sets both at spawn; older records may lack one)."""
+        return self.last_activity or self.started
+
+    @property
+    def profile(self) -> str | None:
+        value = self.user_options.get("profile")
+        return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +123,32 @@ class User:
     servers: Mapping[str, Server]
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def activity_ref(self) -> datetime | None:
+        """The moment a user's inactivity counts from: their last activity, else their creation."""
+        return self.last_activity or self.created
+
     def server_label(self, server_name: str) -> str:
         """How logs name a server: ``alice/`` for the default one, ``alice/gpu`` for a named one."""
-        return f"{self.name}/{server_name}"
+        return server_label(self.name, server_name)
+
+
+def server_label(user: str, server: str) -> str:
+    """``alice/`` for a user's default server, ``alice/gpu`` for a named one."""
+    return f"{user}/{server}"
+
+
+class StopOutcome(enum.Enum):
+    """What the Hub answered to a stop."""
+
+    STOPPED = "stopped"  # 204: the Hub says it is stopped
+    STOPPING = "stopping"  # 202: still stopping after the Hub's slow_stop_timeout
+    GONE = "gone"  # 404: the user or server no longer exists
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the Hub answered."""
+        return {"stopped": 204, "stopping": 202, "gone": 404}[self.value]
 
 
 def _opt_str(obj: Mapping[str, Any], key: str, what: str) -> str | None:
@@ -144,6 +183,7 @@ def parse_server(name: Any, obj: Any, owner: str = "?") -> Server:
         started=parse_timestamp(obj.get("started"), f"{what}.started"),
         last_activity=parse_timestamp(obj.get("last_activity"), f"{what}.last_activity"),
         url=_opt_str(obj, "url", what),
+        user_options=opts if isinstance(opts := obj.get("user_options"), Mapping) else {},
         raw=obj,
     )
 

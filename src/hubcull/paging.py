@@ -4,8 +4,8 @@ The Hub pages ``GET /users`` by offset into a live, id-ordered list. It is not a
 snapshot: when a user leaves the list (their last server stops, they are deleted)
 every later user moves one place down, and a reader walking *forward* skips one
 user per departure. A culler that stops servers while it pages forward therefore
-skips the very users it is looking for (20-30 % of 450 idle servers per pass on a
-real Hub).
+skips the very users it is looking for (a large share of them on a real Hub:
+docs/benchmarks.md).
 
 This walk goes *backward*, from the end of the list to its start. What we cull has
 already been read, and sits above the next page: its departure moves nothing we

@@ -37,6 +37,34 @@ def _deadline(start: datetime, seconds: float) -> datetime | None:
         return None
 
 
+class Cause(enum.Enum):
+    """Which condition decided a verdict: a metric label and an audit field, so a fixed set."""
+
+    # culls
+    IDLE = "idle"  # idle for the timeout
+    MAX_AGE = "max-age"  # running (a user: existing) for max_age
+    ARBITER = "arbiter"  # the cull_arbiter_hook said so
+    BUSY_TIMEOUT = "busy-timeout"  # a busy kernel, and nothing else, for busy_timeout
+    # keeps
+    ACTIVE = "active"  # not idle long enough yet
+    PENDING = "pending"  # the Hub is busy with it (spawn, stop, check, rename)
+    NOT_READY = "not-ready"
+    EXCLUDED = "excluded"  # its kind (default/named servers, users) is not culled
+    NO_DATA = "no-data"  # no time to judge by
+    BUSY = "busy"  # a kernel is busy (--check-kernels)
+    CPU = "cpu"  # CPU in use (--check-kernels with --cpu-threshold)
+    RUNNING = "running"  # a user with servers not confirmed stopped
+    ADMIN = "admin"  # admins are spared
+    STOPS_LOST = "stops-lost"  # stopped max_attempts times without effect: left to an operator
+
+
+class ActivitySource(enum.Enum):
+    """Where the activity a verdict rests on came from."""
+
+    HUB = "hub"  # the Hub's last_activity (the proxy, the server's own reports)
+    PROBE = "probe"  # the server itself, asked by --check-kernels
+
+
 class Action(enum.Enum):
     KEEP = "keep"
     STOP = "stop"  # stop the server, keep its record
@@ -83,7 +111,7 @@ _VERBS = {
 @dataclass(frozen=True, slots=True)
 class Verdict:
     action: Action
-    rule: str  # short machine-friendly name: idle, max-age, arbiter, pending, not-ready, ...
+    cause: Cause
     subject: str  # "alice/" (default server), "alice/gpu" (named server) or "alice" (a user)
     reason: str  # the evidence in words, for the log and --dry-run
     # When the subject becomes due for culling under the current evidence
@@ -91,6 +119,9 @@ class Verdict:
     due_at: datetime | None = None
     inactive: timedelta | None = None
     age: timedelta | None = None
+    # The activity the verdict counted from, and who reported it.
+    last_activity: datetime | None = None
+    source: ActivitySource = ActivitySource.HUB
 
     @property
     def culls(self) -> bool:
@@ -107,7 +138,7 @@ def arbiter_applies(server: Server, rules: Rules) -> bool:
         return False
     if not (rules.cull_default_servers if server.is_default else rules.cull_named_servers):
         return False
-    return (server.last_activity or server.started) is not None
+    return server.activity_ref is not None
 
 
 def format_duration(td: timedelta | float | None) -> str:
@@ -134,12 +165,6 @@ def _earliest(*times: datetime | None) -> datetime | None:
     return min(present) if present else None
 
 
-def server_inactivity(server: Server, now: datetime) -> timedelta | None:
-    """Time since the server's last recorded activity (its start when it has none yet)."""
-    ref = server.last_activity or server.started
-    return None if ref is None else now - ref
-
-
 def decide_server(
     user: User,
     server: Server,
@@ -155,22 +180,22 @@ def decide_server(
     """
     subject = user.server_label(server.name)
 
-    def keep(rule: str, reason: str, **evidence: object) -> Verdict:
-        return Verdict(Action.KEEP, rule, subject, reason, **evidence)  # type: ignore[arg-type]
+    def keep(cause: Cause, reason: str, **evidence: object) -> Verdict:
+        return Verdict(Action.KEEP, cause, subject, reason, **evidence)  # type: ignore[arg-type]
 
     if server.pending:
-        return keep("pending", f"pending '{server.pending}': the Hub is busy with it")
+        return keep(Cause.PENDING, f"pending '{server.pending}': the Hub is busy with it")
     if not server.ready:
-        return keep("not-ready", "neither ready nor pending")
+        return keep(Cause.NOT_READY, "neither ready nor pending")
     if server.is_default and not rules.cull_default_servers:
-        return keep("excluded", "default servers are not culled (cull_default_servers=False)")
+        return keep(Cause.EXCLUDED, "default servers are not culled (cull_default_servers=False)")
     if not server.is_default and not rules.cull_named_servers:
-        return keep("excluded", "named servers are not culled (cull_named_servers=False)")
+        return keep(Cause.EXCLUDED, "named servers are not culled (cull_named_servers=False)")
 
-    ref = server.last_activity or server.started
+    ref = server.activity_ref
     if ref is None:
         # Without any time we cannot judge idleness, and max-age needs 'started'.
-        return keep("no-data", "no activity or start time recorded")
+        return keep(Cause.NO_DATA, "no activity or start time recorded")
     inactive = now - ref
     age = None if server.started is None else now - server.started
     idle_due_at = _deadline(ref, rules.timeout)
@@ -186,43 +211,47 @@ def decide_server(
     if arbiter_says_idle is None and idle_due_at is not None and now >= idle_due_at:
         return Verdict(
             action,
-            "idle",
+            Cause.IDLE,
             subject,
             f"idle for {format_duration(inactive)} (timeout {format_duration(rules.timeout)})",
             idle_due_at,
             inactive,
             age,
+            ref,
         )
     if arbiter_says_idle:
         return Verdict(
             action,
-            "arbiter",
+            Cause.ARBITER,
             subject,
             f"idle for {format_duration(inactive)}; cull_arbiter_hook said cull",
             now,
             inactive,
             age,
+            ref,
         )
     if age_due_at is not None and now >= age_due_at:
         return Verdict(
             action,
-            "max-age",
+            Cause.MAX_AGE,
             subject,
             f"running for {format_duration(age)} (max-age {format_duration(rules.max_age)}), "
             f"idle for {format_duration(inactive)}",
             age_due_at,
             inactive,
             age,
+            ref,
         )
     # With an arbiter, the idle deadline is the arbiter's to know: only max-age is certain.
     due_at = _earliest(idle_due_at if arbiter_says_idle is None else None, age_due_at)
     return keep(
-        "active",
+        Cause.ACTIVE,
         f"idle for {format_duration(inactive)}"
         + ("" if due_at is None else f", due in {format_duration(due_at - now)}"),
         due_at=due_at,
         inactive=inactive,
         age=age,
+        last_activity=ref,
     )
 
 
@@ -235,21 +264,21 @@ def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -
     """
     subject = user.name
 
-    def keep(rule: str, reason: str, **evidence: object) -> Verdict:
-        return Verdict(Action.KEEP, rule, subject, reason, **evidence)  # type: ignore[arg-type]
+    def keep(cause: Cause, reason: str, **evidence: object) -> Verdict:
+        return Verdict(Action.KEEP, cause, subject, reason, **evidence)  # type: ignore[arg-type]
 
     if not rules.cull_users:
-        return keep("excluded", "users are not culled (cull_users=False)")
+        return keep(Cause.EXCLUDED, "users are not culled (cull_users=False)")
     if servers_running:
-        return keep("running", f"{servers_running} server(s) not confirmed stopped")
+        return keep(Cause.RUNNING, f"{servers_running} server(s) not confirmed stopped")
     if not rules.cull_admin_users:
         if user.admin is None:
-            return keep("no-data", "cannot tell whether this user is an admin")
+            return keep(Cause.NO_DATA, "cannot tell whether this user is an admin")
         if user.admin:
-            return keep("admin", "admins are spared (cull_admin_users=False)")
-    ref = user.last_activity or user.created
+            return keep(Cause.ADMIN, "admins are spared (cull_admin_users=False)")
+    ref = user.activity_ref
     if ref is None:
-        return keep("no-data", "no activity or creation time recorded")
+        return keep(Cause.NO_DATA, "no activity or creation time recorded")
     inactive = now - ref
     age = None if user.created is None else now - user.created
     idle_due_at = _deadline(ref, rules.timeout)
@@ -261,32 +290,35 @@ def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -
     if idle_due_at is not None and now >= idle_due_at:
         return Verdict(
             Action.DELETE_USER,
-            "idle",
+            Cause.IDLE,
             subject,
             f"inactive for {format_duration(inactive)} (timeout {format_duration(rules.timeout)})",
             idle_due_at,
             inactive,
             age,
+            ref,
         )
     if age_due_at is not None and now >= age_due_at:
         return Verdict(
             Action.DELETE_USER,
-            "max-age",
+            Cause.MAX_AGE,
             subject,
             f"created {format_duration(age)} ago (max-age {format_duration(rules.max_age)}), "
             f"inactive for {format_duration(inactive)}",
             age_due_at,
             inactive,
             age,
+            ref,
         )
     due_at = _earliest(idle_due_at, age_due_at)
     return keep(
-        "active",
+        Cause.ACTIVE,
         f"inactive for {format_duration(inactive)}"
         + ("" if due_at is None else f", due in {format_duration(due_at - now)}"),
         due_at=due_at,
         inactive=inactive,
         age=age,
+        last_activity=ref,
     )
 
 
@@ -327,39 +359,46 @@ def decide_with_evidence(
     inactive = None if newest is None else now - newest
     age = None if server.started is None else now - server.started
 
-    def keep(rule: str, reason: str, due_at: datetime | None = None) -> Verdict:
-        return Verdict(Action.KEEP, rule, subject, reason, due_at, inactive, age)
+    # The server's own time counts when it is the newer one.
+    source = (
+        ActivitySource.PROBE
+        if own is not None and (hub_activity is None or own > hub_activity)
+        else ActivitySource.HUB
+    )
+
+    def verdict(action: Action, cause: Cause, reason: str, due_at: datetime | None) -> Verdict:
+        return Verdict(action, cause, subject, reason, due_at, inactive, age, newest, source)
+
+    def keep(cause: Cause, reason: str, due_at: datetime | None = None) -> Verdict:
+        return verdict(Action.KEEP, cause, reason, due_at)
 
     threshold = probe_rules.cpu_threshold
     if threshold is not None and evidence.cpu_percent is not None:
         if evidence.cpu_percent >= threshold:
             return keep(
-                "cpu", f"in use: CPU {evidence.cpu_percent:.0f}% >= {threshold:g}% ({seen})"
+                Cause.CPU, f"in use: CPU {evidence.cpu_percent:.0f}% >= {threshold:g}% ({seen})"
             )
     if newest is None:
-        return keep("no-data", f"no activity time from the Hub or the server ({seen})")
+        return keep(Cause.NO_DATA, f"no activity time from the Hub or the server ({seen})")
     busy = evidence.busy_kernels
     if busy:
         names = ", ".join(sorted({k.name for k in busy}))
         if not probe_rules.busy_timeout:
-            return keep("busy", f"kernel busy ({names}), no cap on busy kernels ({seen})")
+            return keep(Cause.BUSY, f"kernel busy ({names}), no cap on busy kernels ({seen})")
         cap_at = _deadline(newest, probe_rules.busy_timeout)
         if cap_at is None or now < cap_at:
             return keep(
-                "busy",
+                Cause.BUSY,
                 f"kernel busy ({names}), no other activity for {format_duration(inactive)}; "
                 f"kept up to busy-timeout {format_duration(probe_rules.busy_timeout)} ({seen})",
                 cap_at,
             )
-        return Verdict(
+        return verdict(
             action,
-            "busy-timeout",
-            subject,
+            Cause.BUSY_TIMEOUT,
             f"kernel busy ({names}) with no other activity for {format_duration(inactive)}: "
             f"past busy-timeout {format_duration(probe_rules.busy_timeout)} ({seen})",
             cap_at,
-            inactive,
-            age,
         )
     if own is not None and hub_activity is not None and own > hub_activity:
         newer = f"the server reports activity {format_duration(now - own)} ago"
@@ -367,33 +406,27 @@ def decide_with_evidence(
         newer = ""
     if by_arbiter:
         if newer:
-            return keep("active", f"{newer}, after the Hub's view the arbiter judged ({seen})")
-        return Verdict(
+            return keep(Cause.ACTIVE, f"{newer}, after the Hub's view the arbiter judged ({seen})")
+        return verdict(
             action,
-            "arbiter",
-            subject,
+            Cause.ARBITER,
             f"idle for {format_duration(inactive)}; cull_arbiter_hook said cull; "
             f"server confirms ({seen})",
             now,
-            inactive,
-            age,
         )
     due_at = _deadline(newest, rules.timeout)
     if due_at is None or now < due_at:
         return keep(
-            "active",
+            Cause.ACTIVE,
             f"{newer or 'active'}: idle for {format_duration(inactive)} only ({seen})",
             due_at,
         )
-    return Verdict(
+    return verdict(
         action,
-        "idle",
-        subject,
+        Cause.IDLE,
         f"idle for {format_duration(inactive)} (timeout {format_duration(rules.timeout)}); "
         f"server confirms: {seen}",
         due_at,
-        inactive,
-        age,
     )
 
 

@@ -26,17 +26,14 @@ class DeadlineQueue:
     def __init__(self) -> None:
         self._heap: list[tuple[datetime, int, Key]] = []
         self._live: dict[Key, datetime] = {}
+        self._pushed: dict[Key, datetime] = {}  # when each live entry was last pushed
         self._seq = itertools.count()
-        self._touched: set[Key] = set()
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def __contains__(self, key: Key) -> bool:
-        return key in self._live
-
-    def push(self, key: Key, due_at: datetime) -> None:
-        self._touched.add(key)
+    def push(self, key: Key, due_at: datetime, now: datetime) -> None:
+        self._pushed[key] = now
         if self._live.get(key) == due_at:
             return
         self._live[key] = due_at
@@ -44,16 +41,13 @@ class DeadlineQueue:
 
     def discard(self, key: Key) -> None:
         self._live.pop(key, None)
+        self._pushed.pop(key, None)
 
-    def begin_pass(self) -> None:
-        self._touched.clear()
-
-    def end_pass(self) -> int:
-        """After a complete pass: forget deadlines of servers that pass no longer listed."""
-        stale = [key for key in self._live if key not in self._touched]
-        for key in stale:
-            del self._live[key]
-        return len(stale)
+    def retain(self, listed: set[Key], since: datetime) -> None:
+        """After a complete listing that began at ``since``: forget the deadlines of
+        servers it did not list (they stopped), except those pushed after it began."""
+        for key in [k for k, at in self._pushed.items() if k not in listed and at < since]:
+            self.discard(key)
 
     def _drop_stale(self) -> None:
         while self._heap:
@@ -69,18 +63,3 @@ class DeadlineQueue:
     def due(self, now: datetime) -> list[Key]:
         """Every server whose deadline has come, earliest first; they stay queued."""
         return [key for at, key in sorted((at, key) for key, at in self._live.items() if at <= now)]
-
-    def pop_due(self, now: datetime) -> list[Key]:
-        """Every server whose deadline has come, earliest first."""
-        out: list[Key] = []
-        while True:
-            self._drop_stale()
-            if not self._heap or self._heap[0][0] > now:
-                return out
-            _, _, key = heapq.heappop(self._heap)
-            del self._live[key]
-            out.append(key)
-
-    def clear(self) -> None:
-        self._heap.clear()
-        self._live.clear()

@@ -38,7 +38,6 @@ class StopRecord:
     attempts: int = 1
     stuck_reported: bool = False
     operator_alerted: bool = False  # stopped max_attempts times without effect: said so
-    seen: bool = False  # seen still listed in the current pass
 
     @property
     def subject(self) -> str:
@@ -52,12 +51,6 @@ class StopLedger:
         self.max_attempts = max_attempts
         self.stuck_after = timedelta(seconds=stuck_after)
         self._records: dict[tuple[str, str], StopRecord] = {}
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self._records
 
     def records(self) -> list[StopRecord]:
         return list(self._records.values())
@@ -74,7 +67,6 @@ class StopLedger:
             rec.attempts += 1
             rec.last_at = now
             rec.remove = rec.remove or remove
-        rec.seen = True  # listed in this pass: confirmed only by a later one
         return rec
 
     def forget(self, user: str, server: str) -> None:
@@ -100,22 +92,10 @@ class StopLedger:
     def exhausted(self, rec: StopRecord) -> bool:
         return rec.attempts >= self.max_attempts
 
-    # --- passes -------------------------------------------------------------------
-
-    def begin_pass(self) -> None:
-        for rec in self._records.values():
-            rec.seen = False
-
-    def mark_seen(self, user: str, server: str) -> None:
-        rec = self._records.get((user, server))
-        if rec is not None:
-            rec.seen = True
-
-    def end_pass(self, complete: bool) -> int:
-        """After a complete pass, stops whose server was not listed are confirmed."""
-        if not complete:
-            return 0
-        gone = [key for key, rec in self._records.items() if not rec.seen]
-        for key in gone:
-            del self._records[key]
-        return len(gone)
+    def retain(self, listed: set[tuple[str, str]], since: datetime) -> None:
+        """After a complete listing that began at ``since``: a stopped server it did not
+        list is gone, so its stop is confirmed. A stop sent after the listing began
+        stays: the listing may have read that user before the stop."""
+        self._records = {
+            key: rec for key, rec in self._records.items() if key in listed or rec.last_at >= since
+        }

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from hubcull.testing import LocalHub
-from hubcull.testing.faults import FaultProxy, FaultRule
+from testkit.faults import FaultProxy, FaultRule
 
 PAGINATION = "application/jupyterhub-pagination+json"
 

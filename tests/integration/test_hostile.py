@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import logging
 import math
 import os
 import re
@@ -28,12 +27,14 @@ import pytest_asyncio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from hubcull.engine import Culler
+from hubcull.engine import Engine, EngineOptions
+from hubcull.events import Culling, RecordSkipped, ServerJudged
 from hubcull.hub import HubClient, TokenSource
 from hubcull.model import KNOWN_PENDING, ModelError, format_timestamp, parse_user
 from hubcull.policy import Rules
 from hubcull.testing import LocalHub, ServerSpec, free_port
-from hubcull.testing.faults import FaultProxy, FaultRule
+from testkit.faults import FaultProxy, FaultRule
+from testkit.recorder import Recorder
 
 from .conftest import assert_no_secret, run_hubcull
 
@@ -426,9 +427,6 @@ def _readable(record: Any) -> str | None:
         return None
 
 
-FUZZ_LOG = logging.getLogger("hubcull.test.fuzz")
-
-
 @settings(
     max_examples=40,
     deadline=None,
@@ -450,21 +448,21 @@ async def test_fuzzed_records_never_break_a_pass(fuzz: FuzzState, data: st.DataO
     if set(readable) & set(fuzz.victims):
         event("a victim named in a readable record (it may be culled: it is readable)")
 
-    emitted: list[str] = []
+    events = Recorder()
     client = HubClient(via(fuzz.proxy), TokenSource(fuzz.hub.token("hubcull")))
-    culler = Culler(
-        client, Rules(timeout=600), stop_wait=5, dry_run=True, emit=emitted.append, log=FUZZ_LOG
-    )
+    engine = Engine(client, Rules(timeout=600), events, EngineOptions(dry_run=True, stop_wait=5))
     async with client:
-        report = await culler.run_pass()
+        report = await engine.run_pass()
 
     assert report.ok, report.errors
-    assert report.records_skipped == readable.count(None)
+    assert report.records_skipped == readable.count(None) == len(events.of(RecordSkipped))
+    culled = {e.verdict.subject: e.verdict for e in events.of(Culling)}
     if "control" not in readable:
-        assert "would stop server control/: idle for 1h" in "\n".join(emitted), emitted
+        assert culled["control/"].reason.startswith("idle for 1h"), culled
+    judged = {e.user.name for e in events.of(ServerJudged)}
     for victim in fuzz.victims:
         if victim not in readable:
-            assert not any(f" {victim}/" in line for line in emitted), (victim, emitted)
+            assert victim not in judged, (victim, events.events)
     assert not fuzz.proxy.errors
     assert deletes(fuzz.proxy) == []
 

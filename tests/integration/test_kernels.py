@@ -7,7 +7,6 @@ polling, activity reports once an hour): exactly the blind spot --check-kernels 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import sys
 import time
@@ -17,10 +16,12 @@ import pytest
 import pytest_asyncio
 
 from hubcull.activity import ProbeError, Prober
-from hubcull.engine import Culler, utcnow
+from hubcull.engine import Engine, EngineOptions, utcnow
+from hubcull.events import Culling, ProbeFailed
 from hubcull.hub import HubClient, HubUnreachable, TokenSource
 from hubcull.policy import Rules
 from hubcull.testing import LocalHub, Service
+from testkit.recorder import Recorder
 
 from .conftest import assert_no_secret, run_hubcull, start_real
 from .jupyter_client_ws import JupyterClient
@@ -139,11 +140,7 @@ async def test_unprobeable_real_server_falls_back_with_one_warning(kernel_hub: L
     assert run.code == 2, run
     assert "access:servers (to look inside servers (--check-kernels))" in run.stderr
     # ... so drive the engine directly to see what a refused probe does.
-    lines: list[str] = []
-    log = logging.getLogger("test-unprobeable")
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    log.addHandler(ListHandler(lines))
+    events = Recorder()
     async with HubClient(hub.api_url, TokenSource(token)) as hub_client:
 
         async def fetch(url: str) -> tuple[int, bytes]:
@@ -152,32 +149,25 @@ async def test_unprobeable_real_server_falls_back_with_one_warning(kernel_hub: L
             except HubUnreachable as e:
                 raise ProbeError(e.cause) from None
 
-        culler = Culler(
+        engine = Engine(
             hub_client,
             Rules(timeout=TIMEOUT),
-            dry_run=True,
+            events,
+            EngineOptions(dry_run=True),
             prober=Prober(fetch, utcnow, proxy_url=hub.public_url),
-            log=log,
-            emit=lines.append,
         )
         for _ in range(3):
-            report = await culler.run_pass()
+            report = await engine.run_pass()
             assert report.ok
-    warnings = [x for x in lines if x.startswith("Cannot look inside closed/")]
-    assert len(warnings) == 1, "one warning per server, not one per pass"
-    assert "access:servers" in warnings[0]
-    verdicts = [x for x in lines if x.startswith("would stop server closed/: idle for")]
-    assert len(verdicts) == 3, "each pass completed and judged on the Hub's view"
-    assert_no_secret(hub, "\n".join(lines))
-
-
-class ListHandler(logging.Handler):
-    def __init__(self, sink: list[str]):
-        super().__init__(logging.DEBUG)
-        self.sink = sink
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.sink.append(record.getMessage())
+    failures = [f for f in events.of(ProbeFailed) if f.user == "closed"]
+    assert len(failures) == 3 and [f.first for f in failures] == [True, False, False], (
+        "one warning per server, not one per pass"
+    )
+    assert "access:servers" in failures[0].error
+    culls = [e.verdict for e in events.of(Culling) if e.verdict.subject == "closed/"]
+    assert len(culls) == 3, "each pass completed and judged on the Hub's view"
+    assert all(v.reason.startswith("idle for") for v in culls)
+    assert_no_secret(hub, repr(events.events))
 
 
 async def test_probing_alone_never_keeps_a_server_alive() -> None:

@@ -159,11 +159,15 @@ async def test_dry_run_changes_nothing_and_says_why(clean_hub: LocalHub) -> None
     assert await hub.active_servers() == before_servers
     assert await hub.user_names() == before_users
     lines = sorted(run.stdout.splitlines())
-    assert lines == [
+    assert lines[:2] == [
         "would delete user ghost: inactive for 2h 00m (timeout 10m 00s)",
         "would stop server dora/: idle for 2h 00m (timeout 10m 00s)",
-        "would stop server dora/big: running for 1d 1h (max-age 1d 0h), idle for 30s",
     ], run.stdout
+    # dora/big was used 30 s before hubcull started; a loaded machine takes a while.
+    assert re.fullmatch(
+        r"would stop server dora/big: running for 1d 1h \(max-age 1d 0h\), idle for 3\ds", lines[2]
+    ), run.stdout
+    assert len(lines) == 3, run.stdout
     assert "DELETE" not in run.stderr
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hubcull.testing import LocalHub, ServerSpec
-from hubcull.testing.faults import FaultProxy, FaultRule
+from testkit.faults import FaultProxy, FaultRule
 
 from .conftest import assert_no_secret
 

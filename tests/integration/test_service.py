@@ -8,7 +8,7 @@ import sys
 import time
 
 from hubcull.testing import CULLER_SCOPES, LocalHub, ServerSpec, Service
-from hubcull.testing.faults import FaultProxy, FaultRule
+from testkit.faults import FaultProxy, FaultRule
 
 from .conftest import ago, assert_no_secret, run_hubcull, start_hubcull
 

@@ -1,40 +1,25 @@
 """How many stops hubcull keeps in flight, on a real Hub: one when the Hub itself is the
 bottleneck, many when the Hub waits on slow spawners (see hubcull/limits.py).
 
-In-flight counts come from hubcull's own DEBUG log: each answered request is logged
-when it ends, with how long it took, so its start is the log time minus that.
+In-flight counts come from the Hub's own access log: each stop it served, when it
+ended and how long it took.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from datetime import datetime
-
-from hubcull.testing import LocalHub, ServerSpec, time_at_each_count
+from hubcull.testing import LocalHub, ServerSpec
+from testkit.hublog import HubLog, in_flight
 
 from .conftest import ago, run_hubcull
 
 IDLE = 7200.0
-SLACK = 0.002  # seconds
-_DELETE = re.compile(
-    r"^\[D (?P<when>\S+ \S+) hubcull \S+\] DELETE /users/\S+ -> \d{3} \((?P<ms>\d+) ms\)$"
-)
 
 
-def time_in_flight(log: str) -> Counter[int]:
-    """Seconds spent with each number of DELETEs in flight (0 left out)."""
-    intervals: list[tuple[float, float]] = []
-    for line in log.splitlines():
-        m = _DELETE.match(line)
-        if m is None:
-            continue
-        end = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        # Times are logged to the millisecond and durations rounded: a stop sent just
-        # as another ended could seem to overlap it. Count each from 2 ms in.
-        intervals.append((end - int(m["ms"]) / 1000 + SLACK, end))
-    assert intervals, "no DELETE in the log"
-    return time_at_each_count(intervals)
+def stops_in_flight(log: HubLog, since: int) -> dict:
+    """The in-flight profile of hubcull's stops in the Hub's log, since a mark."""
+    stops = [r for r in log.by("hubcull", since) if r.kind == "stop"]
+    assert stops, "no stop in the Hub's log"
+    return in_flight(stops)
 
 
 async def test_slow_spawners_get_many_stops_at_once(clean_hub: LocalHub) -> None:
@@ -50,11 +35,13 @@ async def test_slow_spawners_get_many_stops_at_once(clean_hub: LocalHub) -> None
         ]
     )
 
+    log = HubLog(hub.log_path)
+    mark = log.mark()
     run = await run_hubcull(hub, "--once", "--timeout=600", "--concurrency=10")
 
     assert run.code == 0, run
     assert not await hub.active_servers()
-    assert max(time_in_flight(run.stderr)) >= 5, "the limit climbed"
+    assert stops_in_flight(log, mark)["max"] >= 5, "the limit climbed"
 
 
 async def test_quick_stops_go_one_at_a_time(clean_hub: LocalHub) -> None:
@@ -63,6 +50,8 @@ async def test_quick_stops_go_one_at_a_time(clean_hub: LocalHub) -> None:
         [ServerSpec(f"quick{i:03d}", last_activity=ago(IDLE)) for i in range(150)], concurrency=32
     )
 
+    log = HubLog(hub.log_path)
+    mark = log.mark()
     run = await run_hubcull(hub, "--once", "--timeout=600", "--concurrency=10")
 
     assert run.code == 0, run
@@ -74,6 +63,5 @@ async def test_quick_stops_go_one_at_a_time(clean_hub: LocalHub) -> None:
     # adds to that: the limit may spend a while at two or three, but must not keep
     # climbing, as it once did in CI: 3 to 5 in flight 94 % of the time, 2.97 on
     # average. With both cores busy here: 1.1 to 1.6 on average, never above 3.)
-    spent = time_in_flight(run.stderr)
-    mean = sum(n * t for n, t in spent.items()) / sum(spent.values())
-    assert mean <= 2.5 and max(spent) <= 4, spent
+    profile = stops_in_flight(log, mark)
+    assert profile["mean"] <= 2.5 and profile["max"] <= 4, profile

@@ -70,7 +70,7 @@ def decide(
         ev,
         hub,  # type: ignore[arg-type]
     )
-    return v.action, v.rule, v.reason
+    return v.action, v.cause.value, v.reason
 
 
 def test_all_idle_and_old_is_culled() -> None:

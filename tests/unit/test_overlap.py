@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hubcull.testing import time_at_each_count
+from testkit.overlap import time_at_each_count
 
 
 def test_overlaps_are_counted_by_how_many_are_open() -> None:

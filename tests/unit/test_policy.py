@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 from hubcull.model import KNOWN_PENDING, Server, User, parse_user
 from hubcull.policy import (
     Action,
+    Cause,
     Rules,
     Verdict,
     arbiter_applies,
     decide_server,
     decide_user,
     format_duration,
-    server_inactivity,
 )
 
 UTC = timezone.utc
@@ -84,7 +84,7 @@ class ServerCase:
     server: Server
     rules: Rules
     action: Action
-    rule: str
+    cause: str  # Cause's value
     due_at: datetime | None
     words: tuple[str, ...] = ()  # all must appear in the reason
     arbiter: bool | None = None
@@ -556,7 +556,7 @@ SERVER_CASES += [
 def test_decide_server(case: ServerCase) -> None:
     """Each branch of decide_server gives exactly this action, rule, deadline and reason."""
     v = judge(case.server, case.rules, case.arbiter)
-    assert (v.action, v.rule, v.due_at) == (case.action, case.rule, case.due_at), v
+    assert (v.action, v.cause.value, v.due_at) == (case.action, case.cause, case.due_at), v
     assert v.culls is case.action.culls
     assert v.subject == f"alice/{case.server.name}"
     for word in case.words:
@@ -601,11 +601,11 @@ def test_decide_server_from_parsed_hub_json() -> None:
     )
     rules = Rules(timeout=HOUR, remove_named_servers=True)
     default = decide_server(user, user.servers[""], NOW, rules)
-    assert (default.action, default.rule, default.subject) == (Action.STOP, "idle", "bob/")
+    assert (default.action, default.cause, default.subject) == (Action.STOP, Cause.IDLE, "bob/")
     assert default.due_at == datetime(2024, 6, 1, 11, tzinfo=UTC)
     assert default.describe() == "stop server bob/: idle for 2h 00m (timeout 1h 00m)"
     gpu = decide_server(user, user.servers["gpu"], NOW, rules)
-    assert (gpu.action, gpu.rule, gpu.subject) == (Action.KEEP, "pending", "bob/gpu")
+    assert (gpu.action, gpu.cause, gpu.subject) == (Action.KEEP, Cause.PENDING, "bob/gpu")
 
 
 def test_decide_server_is_deterministic_and_pure() -> None:
@@ -615,15 +615,6 @@ def test_decide_server_is_deterministic_and_pure() -> None:
     before = (user, server)
     assert decide_server(user, server, NOW, R_AGE) == decide_server(user, server, NOW, R_AGE)
     assert (user, server) == before
-
-
-def test_server_inactivity() -> None:
-    """Inactivity counts from last activity, else from the start, else is unknown."""
-    assert server_inactivity(srv(started=ago(50), last_activity=ago(10)), NOW) == timedelta(
-        seconds=10
-    )
-    assert server_inactivity(srv(started=ago(50)), NOW) == timedelta(seconds=50)
-    assert server_inactivity(srv(), NOW) is None
 
 
 # --- arbiter_applies -----------------------------------------------------------------------
@@ -659,7 +650,7 @@ class UserCase:
     rules: Rules
     running: int
     action: Action
-    rule: str
+    cause: str  # Cause's value
     due_at: datetime | None
     words: tuple[str, ...] = field(default_factory=tuple)
 
@@ -857,7 +848,7 @@ USER_CASES = [
 def test_decide_user(case: UserCase) -> None:
     """Each branch of decide_user gives exactly this action, rule, deadline and reason."""
     v = decide_user(case.user, NOW, case.rules, servers_running=case.running)
-    assert (v.action, v.rule, v.due_at) == (case.action, case.rule, case.due_at), v
+    assert (v.action, v.cause.value, v.due_at) == (case.action, case.cause, case.due_at), v
     assert v.subject == case.user.name
     for word in case.words:
         assert word in v.reason, (word, v.reason)
@@ -933,15 +924,15 @@ def test_action_culls() -> None:
     ("verdict", "text"),
     [
         (
-            Verdict(Action.STOP, "idle", "alice/", "idle for 2h 03m (timeout 1h 00m)"),
+            Verdict(Action.STOP, Cause.IDLE, "alice/", "idle for 2h 03m (timeout 1h 00m)"),
             "stop server alice/: idle for 2h 03m (timeout 1h 00m)",
         ),
         (
-            Verdict(Action.REMOVE, "idle", "alice/gpu", "idle for 5s"),
+            Verdict(Action.REMOVE, Cause.IDLE, "alice/gpu", "idle for 5s"),
             "remove server alice/gpu: idle for 5s",
         ),
         (
-            Verdict(Action.DELETE_USER, "idle", "alice", "inactive for 1d 0h"),
+            Verdict(Action.DELETE_USER, Cause.IDLE, "alice", "inactive for 1d 0h"),
             "delete user alice: inactive for 1d 0h",
         ),
         (
@@ -1062,7 +1053,7 @@ def test_property_server_safety(
     assert v.action is not Action.DELETE_USER
     assert v.subject == f"alice/{server.name}"
     if server.pending:  # (1)
-        assert v.action is Action.KEEP and v.rule == "pending"
+        assert v.action is Action.KEEP and v.cause is Cause.PENDING
     if not v.culls:
         return
     # Never past a guard.
@@ -1082,12 +1073,12 @@ def test_property_server_safety(
     )
     if now - ref < timedelta(seconds=rules.timeout):  # (2): within the timeout
         assert age_due or arbiter is True, v
-    if v.rule == "idle":
+    if v.cause.value == "idle":
         assert arbiter is None and ref + timedelta(seconds=rules.timeout) <= now
-    elif v.rule == "arbiter":
+    elif v.cause.value == "arbiter":
         assert arbiter is True and v.due_at == now
     else:
-        assert v.rule == "max-age" and age_due and arbiter is not True
+        assert v.cause.value == "max-age" and age_due and arbiter is not True
 
 
 @PROPS
@@ -1109,7 +1100,7 @@ def test_property_pending_never_culled(
 ) -> None:
     """(1) Whatever the Hub is busy with, and whatever else holds, it is left alone."""
     v = decide_server(usr(servers=(server,)), server, now, rules, arbiter)
-    assert (v.action, v.rule, v.due_at) == (Action.KEEP, "pending", None)
+    assert (v.action, v.cause.value, v.due_at) == (Action.KEEP, "pending", None)
 
 
 @PROPS
@@ -1131,7 +1122,7 @@ def test_property_idle_rule_is_exactly_timeout(
     v = decide_server(usr(servers=(server,)), server, now, rules)
     assert v.culls is (now >= deadline)
     assert v.due_at == deadline
-    assert v.rule == ("idle" if v.culls else "active")
+    assert v.cause.value == ("idle" if v.culls else "active")
 
 
 @PROPS
@@ -1157,7 +1148,7 @@ def test_property_max_age_rule_is_exactly_max_age(
         v = decide_server(usr(servers=(server,)), server, now, rules, arbiter)
     assert v.culls is (now >= deadline)
     assert v.due_at == deadline
-    assert v.rule == ("max-age" if v.culls else "active")
+    assert v.cause.value == ("max-age" if v.culls else "active")
 
 
 @PROPS
@@ -1169,7 +1160,7 @@ def test_property_user_safety(user: User, rules: Rules, now: datetime, running: 
     assert v.action in (Action.KEEP, Action.DELETE_USER)
     assert v.subject == user.name
     if running > 0:
-        assert v.action is Action.KEEP and v.rule in ("excluded", "running")
+        assert v.action is Action.KEEP and v.cause.value in ("excluded", "running")
     if not v.culls:
         return
     assert rules.cull_users and running == 0
@@ -1183,7 +1174,7 @@ def test_property_user_safety(user: User, rules: Rules, now: datetime, running: 
         and user.created is not None
         and user.created + timedelta(seconds=rules.max_age) <= now
     )
-    assert v.rule == ("idle" if idle_due else "max-age")
+    assert v.cause.value == ("idle" if idle_due else "max-age")
     assert idle_due or age_due
 
 
@@ -1266,7 +1257,7 @@ def test_property_server_matches_oracle(
     ref = server.last_activity or server.started
     now = data.draw(moments(*deadlines(ref, server.started, rules)), label="now")
     v = decide_server(usr(servers=(server,)), server, now, rules, arbiter)
-    assert (v.action, v.rule, v.due_at) == expected_server(server, now, rules, arbiter)
+    assert (v.action, v.cause.value, v.due_at) == expected_server(server, now, rules, arbiter)
     check_verdict_shape(v, now)
 
 
@@ -1284,7 +1275,7 @@ def test_property_user_matches_oracle(
     ref = user.last_activity or user.created
     now = data.draw(moments(*deadlines(ref, user.created, rules)), label="now")
     v = decide_user(user, now, rules, servers_running=running)
-    assert (v.action, v.rule, v.due_at) == expected_user(user, now, rules, running)
+    assert (v.action, v.cause.value, v.due_at) == expected_user(user, now, rules, running)
     check_verdict_shape(v, now)
 
 

@@ -16,61 +16,55 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def test_pops_only_what_is_due_earliest_first() -> None:
+def test_lists_only_what_is_due_earliest_first() -> None:
     q = DeadlineQueue()
-    q.push(("b", ""), at(20))
-    q.push(("a", ""), at(10))
-    q.push(("c", "gpu"), at(30))
+    q.push(("b", ""), at(20), at(0))
+    q.push(("a", ""), at(10), at(0))
+    q.push(("c", "gpu"), at(30), at(0))
     assert q.next_due() == at(10)
-    assert q.pop_due(at(5)) == []
-    assert q.pop_due(at(20)) == [("a", ""), ("b", "")]
-    assert q.next_due() == at(30) and len(q) == 1
+    assert q.due(at(5)) == []
+    assert q.due(at(20)) == [("a", ""), ("b", "")]
+    assert len(q) == 3, "due() lists without removing"
 
 
 def test_a_new_deadline_replaces_the_old_one() -> None:
     q = DeadlineQueue()
-    q.push(("a", ""), at(10))
-    q.push(("a", ""), at(50))  # activity moved it
-    assert q.pop_due(at(20)) == []
+    q.push(("a", ""), at(10), at(0))
+    q.push(("a", ""), at(50), at(1))  # activity moved it
+    assert q.due(at(20)) == []
     assert q.next_due() == at(50)
     q.discard(("a", ""))  # culled, or no longer due before the next pass
     assert q.next_due() is None and len(q) == 0
 
 
-def test_a_complete_pass_forgets_servers_it_did_not_see() -> None:
+def test_a_complete_pass_forgets_servers_it_did_not_list() -> None:
     q = DeadlineQueue()
-    q.push(("gone", ""), at(10))
-    q.push(("kept", ""), at(10))
-    q.begin_pass()
-    q.push(("kept", ""), at(12))
-    assert q.end_pass() == 1
-    assert q.pop_due(at(100)) == [("kept", "")]
+    q.push(("gone", ""), at(10), at(0))
+    q.push(("kept", ""), at(10), at(0))
+    q.push(("new", ""), at(10), at(6))  # pushed (by a deadline check) after the pass began
+    q.retain({("kept", "")}, since=at(5))
+    assert q.due(at(100)) == [("kept", ""), ("new", "")]
 
 
 @given(
     st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 100)), max_size=50),
     st.integers(0, 100),
 )
-def test_pop_due_matches_the_latest_push_per_server(
-    pushes: list[tuple[str, int]], now: int
-) -> None:
+def test_due_matches_the_latest_push_per_server(pushes: list[tuple[str, int]], now: int) -> None:
     q = DeadlineQueue()
     latest: dict[str, int] = {}
     for user, t in pushes:
-        q.push((user, ""), at(t))
+        q.push((user, ""), at(t), at(0))
         latest[user] = t
-    popped = q.pop_due(at(now))
-    assert sorted(u for u, _ in popped) == sorted(u for u, t in latest.items() if t <= now)
-    assert [latest[u] for u, _ in popped] == sorted(latest[u] for u, _ in popped)
-    assert len(q) == sum(1 for t in latest.values() if t > now)
+    due = q.due(at(now))
+    assert sorted(u for u, _ in due) == sorted(u for u, t in latest.items() if t <= now)
+    assert [latest[u] for u, _ in due] == sorted(latest[u] for u, _ in due)
+    assert q.next_due() == (at(min(latest.values())) if latest else None)
 
 
-def test_due_lists_without_removing() -> None:
+def test_discard_takes_a_server_out() -> None:
     q = DeadlineQueue()
-    q.push(("b", ""), at(20))
-    q.push(("a", ""), at(10))
-    q.push(("c", ""), at(30))
-    assert q.due(at(25)) == [("a", ""), ("b", "")]
-    assert len(q) == 3 and q.next_due() == at(10)
+    q.push(("b", ""), at(20), at(0))
+    q.push(("a", ""), at(10), at(0))
     q.discard(("a", ""))
     assert q.due(at(25)) == [("b", "")] and q.next_due() == at(20)

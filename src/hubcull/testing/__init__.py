@@ -10,7 +10,6 @@ from .hub import (
     free_port,
     server_path,
 )
-from .overlap import time_at_each_count
 
 __all__ = [
     "CULLER_SCOPES",
@@ -21,5 +20,4 @@ __all__ = [
     "find_chp",
     "free_port",
     "server_path",
-    "time_at_each_count",
 ]

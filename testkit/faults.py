@@ -10,7 +10,7 @@ culler against real data with precisely placed failures.
 It is our own small aiohttp server + aiohttp client (no mitmproxy/toxiproxy
 dependency), runs inside a pytest-asyncio event loop, and also standalone::
 
-    python -m hubcull.testing.faults --upstream http://127.0.0.1:8081 --port 9000 \\
+    python -m testkit.faults --upstream http://127.0.0.1:8081 --port 9000 \\
         --rules '[{"kind": "status", "status": 503, "probability": 0.2}]'
 
 Secrets: the proxy forwards the ``Authorization`` header but never stores or logs
@@ -530,7 +530,7 @@ async def _serve_forever(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m hubcull.testing.faults",
+        prog="python -m testkit.faults",
         description="Forward HTTP to a JupyterHub, injecting faults.",
     )
     parser.add_argument("--upstream", required=True, help="http://host:port of the Hub")
