@@ -27,8 +27,10 @@ from traitlets import (
     Bool,
     Callable,
     CaselessStrEnum,
+    Dict,
     Float,
     Int,
+    List,
     TraitError,
     Unicode,
     default,
@@ -52,10 +54,12 @@ from .hub import (
 from .limits import AdaptiveGate, AdaptiveLimit
 from .logsafe import RedactSecrets
 from .observe.dryrun import DryRunPrinter
+from .observe.explain import ExplainPrinter
 from .observe.logs import LogLines
 from .observe.status import StatusView
-from .policy import MAX_SECONDS, ProbeRules, Rules
+from .policy import MAX_SECONDS, ProbeRules
 from .preflight import Connection, StartupError, preflight
+from .rules import Flags, RuleError, RuleSet, parse_rules
 
 DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
 EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -69,6 +73,7 @@ _RANGES: dict[str, tuple[float, bool, float, str]] = {
     "timeout": (0, False, MAX_SECONDS, "a positive number of seconds"),
     "cull_every": (0, True, MAX_SECONDS, "0 (half the timeout) or a number of seconds"),
     "max_age": (0, True, MAX_SECONDS, "0 (off) or a number of seconds"),
+    "user_timeout": (0, True, MAX_SECONDS, "0 (the timeout) or a number of seconds"),
     "api_page_size": (0, True, 1_000_000, "0 (the Hub's default) or a page size"),
     "concurrency": (0, True, 10_000, "0 (no limit) or a positive number"),
     "retries": (0, True, 20, "between 0 and 20"),
@@ -347,6 +352,48 @@ class HubCull(IdleCuller):
         ),
     ).tag(config=True)
 
+    rules = List(
+        Dict(),
+        help=_help(
+            """
+            Culling rules per profile, group, user and server: a list of dicts; the first
+            rule whose keys all match a server decides it, and the flags (--timeout,
+            --max-age, --remove-named-servers, --cull-default-servers, ...) form the rule
+            named "default" that applies when none matches. For example:
+
+                c.HubCull.rules = [
+                    {"name": "staff", "groups": ["staff"], "cull": False},
+                    {"name": "gpu", "profile": "gpu*", "timeout": 1800, "max_age": 28800},
+                    {"name": "named", "named": True, "timeout": 7200, "remove_named": True},
+                    {"name": "guests", "users": ["guest-*"], "timeout": 900,
+                     "user_timeout": 86400},
+                ]
+
+            Match keys (all given must match): users (globs on the user name), groups
+            (the user is in any; needs read:users:groups), admin (true/false), server
+            (glob on the server name, "" is the default server), named (true: named
+            servers, false: the default server), profile (glob on
+            user_options["profile"], KubeSpawner's profile_list slug), user_options
+            (option name -> glob on its value). Settings (left out: from the flags):
+            timeout, max_age (0: off), cull (false: never culled), remove_named,
+            user_timeout. A rule with only user keys (users, groups, admin) also decides
+            its users' deletion with --cull-users: its user_timeout, or with cull false
+            an exemption. `hubcull explain` shows which rule applies to each server.
+            """
+        ),
+    ).tag(config=True)
+
+    user_timeout = Int(
+        0,
+        help=_help(
+            """
+            With cull_users: how long, in seconds, a user must be inactive before they
+            are deleted. 0: the timeout. Rules with only user keys may set their own
+            (user_timeout).
+            """
+        ),
+    ).tag(config=True)
+
     once = Bool(
         False,
         help="Run one complete pass, then exit: 0 when it succeeded, 1 when it failed.",
@@ -477,7 +524,13 @@ class HubCull(IdleCuller):
         return 60.0
 
     @validate(
-        "retries", "busy_timeout", "cpu_threshold", "stop_wait", "request_timeout", "probe_timeout"
+        "retries",
+        "busy_timeout",
+        "cpu_threshold",
+        "stop_wait",
+        "request_timeout",
+        "probe_timeout",
+        "user_timeout",
     )
     def _check_range(self, proposal: Any) -> Any:
         return _in_range(proposal)
@@ -494,6 +547,7 @@ class HubCull(IdleCuller):
         "proxy-url": "HubCull.proxy_url",
         "cpu-threshold": "HubCull.cpu_threshold",
         "deadline-checks": "HubCull.deadline_checks",
+        "user-timeout": "HubCull.user_timeout",
         "log-level": "Application.log_level",
     }
     # A flag and an alias of the same name: "--cull-users" alone means True,
@@ -519,6 +573,11 @@ class HubCull(IdleCuller):
 
     subcommands = {
         "demo": ("hubcull.demo.DemoApp", "Run a local demo JupyterHub and cull it live."),
+        "explain": (
+            "hubcull.app.ExplainApp",
+            "Show every running server, the rule that applies and when it becomes due "
+            "(takes the same options; changes nothing).",
+        ),
     }
 
     def _create_loader(self, argv, aliases, flags, classes):  # type: ignore[no-untyped-def]
@@ -540,7 +599,7 @@ class HubCull(IdleCuller):
 
     def _check_option_names(self, argv: list[str]) -> None:
         """A mistyped option must fail, not be ignored: '--cull-user' would cull nobody's users."""
-        known_classes = {c.__name__: c for c in (HubCull, IdleCuller, Application)}
+        known_classes = {c.__name__: c for c in type(self).mro() if isinstance(c, type)}
         for arg in argv:
             if arg == "--":
                 break
@@ -576,6 +635,8 @@ class HubCull(IdleCuller):
         # The command line wins over config files.
         self.update_config(self.cli_config)
         self._setup_logging()
+        # Invalid rules stop hubcull here, in one line, before anything is culled.
+        self.ruleset = self.build_rules()
 
     def _load_config_file_in_cwd(self) -> None:
         explicit = any(
@@ -587,7 +648,10 @@ class HubCull(IdleCuller):
         if not explicit and self.config_file == "hubcull_config.py":
             candidates.append("idle_culler_config.py")
         for path in candidates:
-            if not os.path.isfile(path):
+            # traitlets loads name.py and name.json together: either may be there.
+            base, ext = os.path.splitext(path)
+            twins = [base + ".py", base + ".json"] if ext in (".py", ".json") else [path]
+            if not any(os.path.isfile(p) for p in twins):
                 if explicit:
                     raise UsageError(f"config file not found: {path}")
                 continue
@@ -631,8 +695,9 @@ class HubCull(IdleCuller):
 
     # --- running ---------------------------------------------------------------
 
-    def rules(self) -> Rules:
-        return Rules(
+    def culling_flags(self) -> Flags:
+        """The flags as the rule named "default"."""
+        return Flags(
             timeout=self.timeout,
             max_age=self.max_age,
             cull_users=self.cull_users,
@@ -640,7 +705,14 @@ class HubCull(IdleCuller):
             cull_default_servers=self.cull_default_servers,
             cull_named_servers=self.cull_named_servers,
             remove_named_servers=self.remove_named_servers,
+            user_timeout=self.user_timeout or None,
         )
+
+    def build_rules(self) -> RuleSet:
+        try:
+            return RuleSet(parse_rules(self.rules), self.culling_flags())
+        except RuleError as e:
+            raise UsageError(str(e)) from None
 
     def token_source(self) -> TokenSource:
         if self.api_token_file:
@@ -677,8 +749,8 @@ class HubCull(IdleCuller):
         self.status = StatusView()
         bus.attach(LogLines(self.log))
         bus.attach(self.status)
-        if self.dry_run:
-            bus.attach(DryRunPrinter(self.status, self._emit))
+        for printer in self._printers(self.status):
+            bus.attach(printer)
         # Stops (and page reads) in flight: adaptive between 1 and the concurrency
         # limit (see limits.py).
         gate = AdaptiveGate(
@@ -700,7 +772,7 @@ class HubCull(IdleCuller):
         self._warn_plain_http(hub)
         async with hub:
             try:
-                connection = await preflight(hub, self.rules(), check_kernels=self.check_kernels)
+                connection = await preflight(hub, self.ruleset, check_kernels=self.check_kernels)
             except StartupError as e:
                 first, *rest = str(e).splitlines()
                 self.log.critical("%s", first)
@@ -708,9 +780,10 @@ class HubCull(IdleCuller):
                     print("\n".join(rest), file=sys.stderr)
                 return EXIT_CONFIG
             self._log_connection(connection)
+            self._log_rules()
             engine = Engine(
                 hub,
-                self.rules(),
+                self.ruleset,
                 bus.emit,
                 EngineOptions(
                     dry_run=self.dry_run,
@@ -736,6 +809,15 @@ class HubCull(IdleCuller):
                     return EXIT_OK
                 return EXIT_OK if report is not None and report.ok else EXIT_PASS_FAILED
             return await self._run_forever(engine)
+
+    def _printers(self, status: StatusView) -> list[Any]:
+        """What prints results on stdout: --dry-run's lines."""
+        return [DryRunPrinter(status, self._emit)] if self.dry_run else []
+
+    def _log_rules(self) -> None:
+        if self.ruleset.rules:
+            for line in self.ruleset.describe():
+                self.log.info("%s", line)
 
     def _log_connection(self, c: Connection) -> None:
         if c.filtered_scopes:
@@ -819,6 +901,42 @@ class HubCull(IdleCuller):
             return
         self.log.info("Received %s, finishing up", signal.Signals(sig).name)
         engine.stopping.set()
+
+
+class ExplainApp(HubCull):
+    """hubcull explain: which rule applies to each running server, and when it becomes due."""
+
+    name = "hubcull-explain"
+    description = _help(
+        """
+        Decide every running server (and, with --cull-users, user) as a pass would, stop
+        nothing, and print one row per server, soonest due first: user, server, profile,
+        the rule that applies, idle for, running for, due in, verdict. Takes the same
+        options and config file as a pass. What it shows as due is what --once culls.
+        """
+    )
+    examples = _help(
+        """
+        hubcull explain --timeout=3600                   # a table, soonest due first
+        hubcull explain --output=json | jq '.[] | select(.verdict != "keep")'
+        """
+    )
+    output = CaselessStrEnum(
+        ["table", "json"],
+        default_value="table",
+        help="table (for people) or json (an array of objects, one per row, on stdout).",
+    ).tag(config=True)
+    aliases = {**HubCull.aliases, "output": "ExplainApp.output"}
+    subcommands: dict[str, Any] = {}
+
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        # One pass that decides everything and stops nothing.
+        self.dry_run = True
+        self.once = True
+
+    def _printers(self, status: StatusView) -> list[Any]:
+        return [ExplainPrinter(status, self.output, self._emit)]
 
 
 def is_loopback(host: str) -> bool:

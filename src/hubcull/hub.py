@@ -638,8 +638,3 @@ class HubClient:
             "DELETE", f"/users/{quote(name, safe='')}", kind="delete-user"
         )
         return status != 404
-
-
-def scope_granted(needed: str, scopes: frozenset[str]) -> bool:
-    """Whether an expanded scope list grants ``needed``, possibly filtered (``x!group=y``)."""
-    return needed in scopes or any(s.startswith(needed + "!") for s in scopes)

@@ -71,6 +71,25 @@ def parse_timestamp(value: Any, what: str = "timestamp") -> datetime | None:
     return dt
 
 
+def format_duration(td: timedelta | float | None) -> str:
+    """A duration as people read it: ``45s``, ``12m 05s``, ``3h 02m``, ``2d 4h``."""
+    if td is None:
+        return "unknown"
+    seconds = td.total_seconds() if isinstance(td, timedelta) else float(td)
+    s = int(abs(seconds))
+    sign = "-" if seconds < 0 and s else ""
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{sign}{days}d {hours}h"
+    if hours:
+        return f"{sign}{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{sign}{minutes}m {s:02d}s"
+    return f"{sign}{s}s"
+
+
 def format_timestamp(dt: datetime) -> str:
     """The Hub's own timestamp form (UTC, ``Z``), for logs and for the test Hub."""
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

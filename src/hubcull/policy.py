@@ -6,14 +6,16 @@ returns a :class:`Verdict` that says what to do, which rule decided, in words,
 and when the server (or user) becomes due. Tests pass any time they like, and a
 decision can be replayed from a log line.
 
-The rules, each one condition:
+Which settings apply (the operator's rule for this server or user, flags filled
+in) is resolved before, by rules.py; here each decision is one condition:
 
 - a server is never touched while the Hub is busy with it (pending spawn/stop/...),
-  nor when it is not ready, nor when its kind (default/named) is excluded;
-- a server is culled when it has been idle for ``timeout`` (or when a custom
-  arbiter says so), or when it has run for ``max_age``;
+  nor when it is not ready, nor when its rule exempts it (or its kind is excluded);
+- a server is culled when it has been idle for its rule's ``timeout`` (or when a
+  custom arbiter says so), or when it has run for its rule's ``max_age``;
 - a user is deleted only when none of their servers is left running, they are not
-  a spared admin, and they have been inactive for ``timeout`` or exist for ``max_age``.
+  exempt or a spared admin, and they have been inactive for their rule's user
+  timeout or exist for ``max_age``.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .model import Evidence, Server, User
+from .model import Evidence, Server, User, format_duration
+from .rules import MAX_SECONDS, ServerRule, UserRule
 
-# The longest timeout or max-age that makes sense (100 years): beyond it, deadlines
-# fall off the calendar (datetime ends in year 9999) and no decision could be made.
-MAX_SECONDS = 100 * 365 * 86400
+__all__ = ["MAX_SECONDS", "format_duration"]  # re-exported: the app and tests use them here
 
 
 def _deadline(start: datetime, seconds: float) -> datetime | None:
@@ -50,6 +51,7 @@ class Cause(enum.Enum):
     PENDING = "pending"  # the Hub is busy with it (spawn, stop, check, rename)
     NOT_READY = "not-ready"
     EXCLUDED = "excluded"  # its kind (default/named servers, users) is not culled
+    EXEMPT = "exempt"  # an operator's rule says never (cull: false)
     NO_DATA = "no-data"  # no time to judge by
     BUSY = "busy"  # a kernel is busy (--check-kernels)
     CPU = "cpu"  # CPU in use (--check-kernels with --cpu-threshold)
@@ -76,30 +78,6 @@ class Action(enum.Enum):
         return self is not Action.KEEP
 
 
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """The operator's culling rules, as plain values (the app builds this from config)."""
-
-    timeout: float  # seconds of inactivity before a server (or user) is culled
-    max_age: float = 0  # seconds a server may run (a user may exist) whatever its activity; 0: off
-    cull_users: bool = False
-    cull_admin_users: bool = True
-    cull_default_servers: bool = True
-    cull_named_servers: bool = True
-    remove_named_servers: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0 < self.timeout <= MAX_SECONDS:
-            raise ValueError(
-                f"timeout must be a positive number of seconds up to {MAX_SECONDS}, "
-                f"not {self.timeout!r}"
-            )
-        if not 0 <= self.max_age <= MAX_SECONDS:
-            raise ValueError(
-                f"max_age must be 0 (off) or positive, up to {MAX_SECONDS}, not {self.max_age!r}"
-            )
-
-
 _VERBS = {
     Action.KEEP: "keep",
     Action.STOP: "stop server",
@@ -122,6 +100,7 @@ class Verdict:
     # The activity the verdict counted from, and who reported it.
     last_activity: datetime | None = None
     source: ActivitySource = ActivitySource.HUB
+    rule: str = "default"  # the operator's rule that applied (rules.py)
 
     @property
     def culls(self) -> bool:
@@ -132,32 +111,11 @@ class Verdict:
         return f"{_VERBS[self.action]} {self.subject}: {self.reason}"
 
 
-def arbiter_applies(server: Server, rules: Rules) -> bool:
+def arbiter_applies(server: Server, rule: ServerRule) -> bool:
     """Whether a cull_arbiter_hook gets a say on this server (as in the incumbent)."""
-    if server.pending or not server.ready:
-        return False
-    if not (rules.cull_default_servers if server.is_default else rules.cull_named_servers):
+    if server.pending or not server.ready or not rule.cull:
         return False
     return server.activity_ref is not None
-
-
-def format_duration(td: timedelta | float | None) -> str:
-    """A duration as people read it: ``45s``, ``12m 05s``, ``3h 02m``, ``2d 4h``."""
-    if td is None:
-        return "unknown"
-    seconds = td.total_seconds() if isinstance(td, timedelta) else float(td)
-    s = int(abs(seconds))
-    sign = "-" if seconds < 0 and s else ""
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{sign}{days}d {hours}h"
-    if hours:
-        return f"{sign}{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{sign}{minutes}m {s:02d}s"
-    return f"{sign}{s}s"
 
 
 def _earliest(*times: datetime | None) -> datetime | None:
@@ -165,160 +123,145 @@ def _earliest(*times: datetime | None) -> datetime | None:
     return min(present) if present else None
 
 
+def _rule_says(rule: ServerRule | UserRule, what: str, seconds: float) -> str:
+    """``rule gpu: timeout 30m 00s``: which rule, and the setting that decided."""
+    return f"rule {rule.name}: {what} {format_duration(seconds)}"
+
+
 def decide_server(
     user: User,
     server: Server,
     now: datetime,
-    rules: Rules,
+    rule: ServerRule,
     arbiter_says_idle: bool | None = None,
 ) -> Verdict:
-    """Decide one server.
+    """Decide one server under the settings of the rule that applies to it.
 
     ``arbiter_says_idle`` is the answer of a configured ``cull_arbiter_hook``
     (``None`` when there is none): it replaces the plain ``idle >= timeout``
     comparison, exactly as in jupyterhub-idle-culler; ``max_age`` still applies.
     """
     subject = user.server_label(server.name)
+    # The evidence, as far as the Hub gave it: every verdict carries it (explain and the
+    # pages show how idle an exempt or pending server is, too).
+    ref = server.activity_ref
+    inactive = None if ref is None else now - ref
+    age = None if server.started is None else now - server.started
 
-    def keep(cause: Cause, reason: str, **evidence: object) -> Verdict:
-        return Verdict(Action.KEEP, cause, subject, reason, **evidence)  # type: ignore[arg-type]
+    def keep(cause: Cause, reason: str, due_at: datetime | None = None) -> Verdict:
+        return Verdict(
+            Action.KEEP, cause, subject, reason, due_at, inactive, age, ref, rule=rule.name
+        )
 
     if server.pending:
         return keep(Cause.PENDING, f"pending '{server.pending}': the Hub is busy with it")
     if not server.ready:
         return keep(Cause.NOT_READY, "neither ready nor pending")
-    if server.is_default and not rules.cull_default_servers:
-        return keep(Cause.EXCLUDED, "default servers are not culled (cull_default_servers=False)")
-    if not server.is_default and not rules.cull_named_servers:
-        return keep(Cause.EXCLUDED, "named servers are not culled (cull_named_servers=False)")
-
-    ref = server.activity_ref
-    if ref is None:
+    if not rule.cull:
+        cause = Cause.EXEMPT if rule.exempt_by_rule else Cause.EXCLUDED
+        return keep(cause, rule.exempt_reason)
+    if ref is None or inactive is None:
         # Without any time we cannot judge idleness, and max-age needs 'started'.
         return keep(Cause.NO_DATA, "no activity or start time recorded")
-    inactive = now - ref
-    age = None if server.started is None else now - server.started
-    idle_due_at = _deadline(ref, rules.timeout)
+    idle_due_at = _deadline(ref, rule.timeout)
     age_due_at = (
-        _deadline(server.started, rules.max_age)
-        if rules.max_age and server.started is not None
+        _deadline(server.started, rule.max_age)
+        if rule.max_age and server.started is not None
         else None
     )
-    action = (
-        Action.REMOVE if (rules.remove_named_servers and not server.is_default) else Action.STOP
-    )
+    action = Action.REMOVE if rule.remove_named else Action.STOP
+    idle = format_duration(inactive)
+
+    def cull(cause: Cause, reason: str, due_at: datetime | None) -> Verdict:
+        return Verdict(action, cause, subject, reason, due_at, inactive, age, ref, rule=rule.name)
 
     if arbiter_says_idle is None and idle_due_at is not None and now >= idle_due_at:
-        return Verdict(
-            action,
+        return cull(
             Cause.IDLE,
-            subject,
-            f"idle for {format_duration(inactive)} (timeout {format_duration(rules.timeout)})",
+            f"idle for {idle} ({_rule_says(rule, 'timeout', rule.timeout)})",
             idle_due_at,
-            inactive,
-            age,
-            ref,
         )
     if arbiter_says_idle:
-        return Verdict(
-            action,
-            Cause.ARBITER,
-            subject,
-            f"idle for {format_duration(inactive)}; cull_arbiter_hook said cull",
-            now,
-            inactive,
-            age,
-            ref,
+        return cull(
+            Cause.ARBITER, f"idle for {idle}; cull_arbiter_hook said cull (rule {rule.name})", now
         )
     if age_due_at is not None and now >= age_due_at:
-        return Verdict(
-            action,
+        return cull(
             Cause.MAX_AGE,
-            subject,
-            f"running for {format_duration(age)} (max-age {format_duration(rules.max_age)}), "
-            f"idle for {format_duration(inactive)}",
+            f"running for {format_duration(age)} ({_rule_says(rule, 'max-age', rule.max_age)}), "
+            f"idle for {idle}",
             age_due_at,
-            inactive,
-            age,
-            ref,
         )
     # With an arbiter, the idle deadline is the arbiter's to know: only max-age is certain.
     due_at = _earliest(idle_due_at if arbiter_says_idle is None else None, age_due_at)
     return keep(
         Cause.ACTIVE,
-        f"idle for {format_duration(inactive)}"
+        f"idle for {idle}"
         + ("" if due_at is None else f", due in {format_duration(due_at - now)}"),
-        due_at=due_at,
-        inactive=inactive,
-        age=age,
-        last_activity=ref,
+        due_at,
     )
 
 
-def decide_user(user: User, now: datetime, rules: Rules, servers_running: int) -> Verdict:
-    """Decide whether to delete a user (``--cull-users``).
+def decide_user(user: User, now: datetime, rule: UserRule, servers_running: int) -> Verdict:
+    """Decide whether to delete a user (``--cull-users``), under the rule that applies to them.
 
     ``servers_running`` is how many of the user's servers are not confirmed stopped;
     the caller judges the user on the snapshot taken *before* it stopped any of
     them, because the Hub stamps "now" as the user's activity when a server stops.
     """
     subject = user.name
+    ref = user.activity_ref
+    inactive = None if ref is None else now - ref
+    age = None if user.created is None else now - user.created
 
-    def keep(cause: Cause, reason: str, **evidence: object) -> Verdict:
-        return Verdict(Action.KEEP, cause, subject, reason, **evidence)  # type: ignore[arg-type]
+    def keep(cause: Cause, reason: str, due_at: datetime | None = None) -> Verdict:
+        return Verdict(
+            Action.KEEP, cause, subject, reason, due_at, inactive, age, ref, rule=rule.name
+        )
 
-    if not rules.cull_users:
+    if not rule.cull_users:
         return keep(Cause.EXCLUDED, "users are not culled (cull_users=False)")
     if servers_running:
         return keep(Cause.RUNNING, f"{servers_running} server(s) not confirmed stopped")
-    if not rules.cull_admin_users:
+    if rule.exempt:
+        return keep(Cause.EXEMPT, f"exempt by rule {rule.name}")
+    if not rule.cull_admin_users:
         if user.admin is None:
             return keep(Cause.NO_DATA, "cannot tell whether this user is an admin")
         if user.admin:
             return keep(Cause.ADMIN, "admins are spared (cull_admin_users=False)")
-    ref = user.activity_ref
-    if ref is None:
+    if ref is None or inactive is None:
         return keep(Cause.NO_DATA, "no activity or creation time recorded")
-    inactive = now - ref
-    age = None if user.created is None else now - user.created
-    idle_due_at = _deadline(ref, rules.timeout)
+    idle_due_at = _deadline(ref, rule.timeout)
     age_due_at = (
-        _deadline(user.created, rules.max_age)
-        if rules.max_age and user.created is not None
-        else None
+        _deadline(user.created, rule.max_age) if rule.max_age and user.created is not None else None
     )
-    if idle_due_at is not None and now >= idle_due_at:
+    idle = format_duration(inactive)
+
+    def delete(cause: Cause, reason: str, due_at: datetime | None) -> Verdict:
         return Verdict(
-            Action.DELETE_USER,
+            Action.DELETE_USER, cause, subject, reason, due_at, inactive, age, ref, rule=rule.name
+        )
+
+    if idle_due_at is not None and now >= idle_due_at:
+        return delete(
             Cause.IDLE,
-            subject,
-            f"inactive for {format_duration(inactive)} (timeout {format_duration(rules.timeout)})",
+            f"inactive for {idle} ({_rule_says(rule, 'user-timeout', rule.timeout)})",
             idle_due_at,
-            inactive,
-            age,
-            ref,
         )
     if age_due_at is not None and now >= age_due_at:
-        return Verdict(
-            Action.DELETE_USER,
+        return delete(
             Cause.MAX_AGE,
-            subject,
-            f"created {format_duration(age)} ago (max-age {format_duration(rules.max_age)}), "
-            f"inactive for {format_duration(inactive)}",
+            f"created {format_duration(age)} ago ({_rule_says(rule, 'max-age', rule.max_age)}), "
+            f"inactive for {idle}",
             age_due_at,
-            inactive,
-            age,
-            ref,
         )
     due_at = _earliest(idle_due_at, age_due_at)
     return keep(
         Cause.ACTIVE,
-        f"inactive for {format_duration(inactive)}"
+        f"inactive for {idle}"
         + ("" if due_at is None else f", due in {format_duration(due_at - now)}"),
-        due_at=due_at,
-        inactive=inactive,
-        age=age,
-        last_activity=ref,
+        due_at,
     )
 
 
@@ -336,7 +279,7 @@ def decide_with_evidence(
     user: User,
     server: Server,
     now: datetime,
-    rules: Rules,
+    rule: ServerRule,
     probe_rules: ProbeRules,
     evidence: Evidence,
     hub_activity: datetime | None,
@@ -350,9 +293,7 @@ def decide_with_evidence(
     does not (kernel messages, terminals, API calls) counts.
     """
     subject = user.server_label(server.name)
-    action = (
-        Action.REMOVE if (rules.remove_named_servers and not server.is_default) else Action.STOP
-    )
+    action = Action.REMOVE if rule.remove_named else Action.STOP
     seen = evidence.describe()
     own = evidence.newest_activity()
     newest = _latest(hub_activity, own)
@@ -367,7 +308,9 @@ def decide_with_evidence(
     )
 
     def verdict(action: Action, cause: Cause, reason: str, due_at: datetime | None) -> Verdict:
-        return Verdict(action, cause, subject, reason, due_at, inactive, age, newest, source)
+        return Verdict(
+            action, cause, subject, reason, due_at, inactive, age, newest, source, rule.name
+        )
 
     def keep(cause: Cause, reason: str, due_at: datetime | None = None) -> Verdict:
         return verdict(Action.KEEP, cause, reason, due_at)
@@ -410,11 +353,11 @@ def decide_with_evidence(
         return verdict(
             action,
             Cause.ARBITER,
-            f"idle for {format_duration(inactive)}; cull_arbiter_hook said cull; "
-            f"server confirms ({seen})",
+            f"idle for {format_duration(inactive)}; cull_arbiter_hook said cull "
+            f"(rule {rule.name}); server confirms ({seen})",
             now,
         )
-    due_at = _deadline(newest, rules.timeout)
+    due_at = _deadline(newest, rule.timeout)
     if due_at is None or now < due_at:
         return keep(
             Cause.ACTIVE,
@@ -424,7 +367,7 @@ def decide_with_evidence(
     return verdict(
         action,
         Cause.IDLE,
-        f"idle for {format_duration(inactive)} (timeout {format_duration(rules.timeout)}); "
+        f"idle for {format_duration(inactive)} ({_rule_says(rule, 'timeout', rule.timeout)}); "
         f"server confirms: {seen}",
         due_at,
     )

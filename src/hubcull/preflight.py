@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .hub import HubAPIError, HubClient, HubError, Identity, scope_granted
-from .policy import Rules
+from .hub import HubAPIError, HubClient, HubError, Identity
+from .rules import RuleSet
 
 
 class StartupError(Exception):
@@ -27,16 +27,30 @@ class Connection:
     filtered_scopes: tuple[str, ...]
 
 
-def required_scopes(rules: Rules, check_kernels: bool = False) -> dict[str, str]:
+def scope_granted(needed: str, scopes: frozenset[str], owner: str | None = None) -> bool:
+    """Whether an expanded scope list grants ``needed``, possibly filtered (``x!group=y``).
+
+    A user's token also holds the scopes of its owner's own "self" role, filtered to
+    that user (``read:users:groups!user=<owner>``): they say nothing about other users,
+    so they do not count.
+    """
+    self_only = None if owner is None else f"{needed}!user={owner}"
+    return needed in scopes or any(s.startswith(needed + "!") and s != self_only for s in scopes)
+
+
+def required_scopes(rules: RuleSet, check_kernels: bool = False) -> dict[str, str]:
     """The scopes the configured features need, each with the reason it is needed."""
     needed = {
         "list:users": "list users",
         "read:servers": "see their servers and activity",
         "delete:servers": "stop servers",
     }
-    if rules.cull_users:
+    if rules.cull_users or rules.uses_admin:
         needed["read:users"] = "see users' activity, creation time and admin flag"
+    if rules.cull_users:
         needed["delete:users"] = "delete users (--cull-users)"
+    if rules.uses_groups:
+        needed["read:users:groups"] = "see users' groups (rules with groups)"
     if check_kernels:
         needed["access:servers"] = "look inside servers (--check-kernels)"
     return needed
@@ -55,7 +69,7 @@ def role_snippet(service_name: str, scopes: list[str]) -> str:
     )
 
 
-async def preflight(hub: HubClient, rules: Rules, check_kernels: bool = False) -> Connection:
+async def preflight(hub: HubClient, rules: RuleSet, check_kernels: bool = False) -> Connection:
     """Check reachability, token and scopes before the first pass; fail in words."""
     if not hub.token.present:
         raise StartupError(
@@ -83,7 +97,8 @@ async def preflight(hub: HubClient, rules: Rules, check_kernels: bool = False) -
     except HubError as e:
         raise StartupError(str(e)) from None
     needed = required_scopes(rules, check_kernels)
-    missing = [s for s in needed if not scope_granted(s, me.scopes)]
+    owner = me.name if me.kind == "user" else None
+    missing = [s for s in needed if not scope_granted(s, me.scopes, owner)]
     if missing:
         what = ", ".join(f"{s} (to {needed[s]})" for s in missing)
         name = me.name if me.kind == "service" else "hubcull"

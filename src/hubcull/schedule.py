@@ -17,7 +17,10 @@ import heapq
 import itertools
 from datetime import datetime
 
-Key = tuple[str, str]  # (user, server name)
+Key = tuple[str, str]  # (user, server name), or (user, USER) for the user's own deadline
+# The "server" of a user's own deadline (their deletion with --cull-users): no server
+# name can hold a NUL character.
+USER = "\0"
 
 
 class DeadlineQueue:

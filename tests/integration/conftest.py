@@ -83,10 +83,12 @@ def _command(
     if token:
         full_env["JUPYTERHUB_API_TOKEN"] = token
     full_env.update(env or {})
-    argv = [sys.executable, "-m", "hubcull", f"--url={url or hub.api_url}"]
+    # A subcommand (explain) comes first; the options follow it.
+    sub = [args[0]] if args and args[0] == "explain" else []
+    argv = [sys.executable, "-m", "hubcull", *sub, f"--url={url or hub.api_url}"]
     if debug:
         argv.append("--log-level=DEBUG")
-    return [*argv, *args], full_env
+    return [*argv, *args[len(sub) :]], full_env
 
 
 async def run_hubcull(

@@ -34,7 +34,9 @@ async def test_hubcull_config_file_and_explicit_config(clean_hub: LocalHub, tmp_
     await clean_hub.start_servers(half_hour_idle())
     (tmp_path / "hubcull_config.py").write_text("c.HubCull.timeout = 900\n")
     run = await run_hubcull(clean_hub, "--dry-run")
-    assert re.match(r"would stop server cfg/: idle for 30m \d\ds \(timeout 15m 00s\)", run.stdout)
+    assert re.match(
+        r"would stop server cfg/: idle for 30m \d\ds \(rule default: timeout 15m 00s\)", run.stdout
+    )
 
     other = tmp_path / "elsewhere.py"
     other.write_text("c.IdleCuller.timeout = 7200\n")

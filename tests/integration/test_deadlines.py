@@ -69,7 +69,7 @@ async def test_servers_are_culled_at_their_deadline_not_a_pass_later(clean_hub: 
     assert stderr.count("Pass done") == 1, "only the first full pass ran"
     assert "GET /users/soon -> 200" in stderr, "the deadline re-reads just that user"
     assert "Deadline check of 1 user(s)" in stderr
-    assert "stop server soon/: idle for 10s (timeout 10s)" in stderr
+    assert "stop server soon/: idle for 10s (rule default: timeout 10s)" in stderr
 
 
 async def test_without_deadline_checks_a_due_server_waits_for_the_next_pass(

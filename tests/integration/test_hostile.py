@@ -31,7 +31,7 @@ from hubcull.engine import Engine, EngineOptions
 from hubcull.events import Culling, RecordSkipped, ServerJudged
 from hubcull.hub import HubClient, TokenSource
 from hubcull.model import KNOWN_PENDING, ModelError, format_timestamp, parse_user
-from hubcull.policy import Rules
+from hubcull.rules import Flags, RuleSet
 from hubcull.testing import LocalHub, ServerSpec, free_port
 from testkit.faults import FaultProxy, FaultRule
 from testkit.recorder import Recorder
@@ -450,7 +450,12 @@ async def test_fuzzed_records_never_break_a_pass(fuzz: FuzzState, data: st.DataO
 
     events = Recorder()
     client = HubClient(via(fuzz.proxy), TokenSource(fuzz.hub.token("hubcull")))
-    engine = Engine(client, Rules(timeout=600), events, EngineOptions(dry_run=True, stop_wait=5))
+    engine = Engine(
+        client,
+        RuleSet((), Flags(timeout=600)),
+        events,
+        EngineOptions(dry_run=True, stop_wait=5),
+    )
     async with client:
         report = await engine.run_pass()
 

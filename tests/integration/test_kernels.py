@@ -19,7 +19,7 @@ from hubcull.activity import ProbeError, Prober
 from hubcull.engine import Engine, EngineOptions, utcnow
 from hubcull.events import Culling, ProbeFailed
 from hubcull.hub import HubClient, HubUnreachable, TokenSource
-from hubcull.policy import Rules
+from hubcull.rules import Flags, RuleSet
 from hubcull.testing import LocalHub, Service
 from testkit.recorder import Recorder
 
@@ -151,7 +151,7 @@ async def test_unprobeable_real_server_falls_back_with_one_warning(kernel_hub: L
 
         engine = Engine(
             hub_client,
-            Rules(timeout=TIMEOUT),
+            RuleSet((), Flags(timeout=TIMEOUT)),
             events,
             EngineOptions(dry_run=True),
             prober=Prober(fetch, utcnow, proxy_url=hub.public_url),

@@ -26,7 +26,9 @@ async def test_culls_idle_servers_and_keeps_active_ones(clean_hub: LocalHub) -> 
     left = set(await hub.active_servers())
     assert left == {(s.user, "") for s in active}
     for s in idle:
-        assert f"stop server {s.user}/: idle for 2h 00m (timeout 10m 00s)" in run.stderr
+        assert (
+            f"stop server {s.user}/: idle for 2h 00m (rule default: timeout 10m 00s)" in run.stderr
+        )
     assert "stopped 5 servers" in run.stderr
 
 
@@ -135,7 +137,7 @@ async def test_max_age_culls_active_servers(clean_hub: LocalHub) -> None:
 
     assert run.code == 0, run
     assert set(await hub.active_servers()) == {("young", "")}
-    assert "stop server old/: running for 1h 06m (max-age 1h 00m)" in run.stderr
+    assert "stop server old/: running for 1h 06m (rule default: max-age 1h 00m)" in run.stderr
 
 
 async def test_dry_run_changes_nothing_and_says_why(clean_hub: LocalHub) -> None:
@@ -160,12 +162,14 @@ async def test_dry_run_changes_nothing_and_says_why(clean_hub: LocalHub) -> None
     assert await hub.user_names() == before_users
     lines = sorted(run.stdout.splitlines())
     assert lines[:2] == [
-        "would delete user ghost: inactive for 2h 00m (timeout 10m 00s)",
-        "would stop server dora/: idle for 2h 00m (timeout 10m 00s)",
+        "would delete user ghost: inactive for 2h 00m (rule default: user-timeout 10m 00s)",
+        "would stop server dora/: idle for 2h 00m (rule default: timeout 10m 00s)",
     ], run.stdout
     # dora/big was used 30 s before hubcull started; a loaded machine takes a while.
     assert re.fullmatch(
-        r"would stop server dora/big: running for 1d 1h \(max-age 1d 0h\), idle for 3\ds", lines[2]
+        r"would stop server dora/big: running for 1d 1h \(rule default: max-age 1d 0h\), "
+        r"idle for 3\ds",
+        lines[2],
     ), run.stdout
     assert len(lines) == 3, run.stdout
     assert "DELETE" not in run.stderr

@@ -20,7 +20,8 @@ from hubcull.activity import (
     parse_terminals,
 )
 from hubcull.model import Evidence, KernelState, Server, User
-from hubcull.policy import Action, ProbeRules, Rules, decide_with_evidence
+from hubcull.policy import Action, ProbeRules, decide_with_evidence
+from hubcull.rules import ServerRule
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 HOUR = 3600.0
@@ -65,7 +66,7 @@ def decide(
         USER,
         server(hub),
         NOW,
-        Rules(timeout=HOUR),
+        ServerRule("default", timeout=HOUR),
         ProbeRules(**probe),
         ev,
         hub,  # type: ignore[arg-type]
@@ -76,7 +77,10 @@ def decide(
 def test_all_idle_and_old_is_culled() -> None:
     action, rule, reason = decide(evidence(ago(3 * HOUR), kernel("idle", ago(3 * HOUR))))
     assert (action, rule) == (Action.STOP, "idle")
-    assert reason == "idle for 2h 00m (timeout 1h 00m); server confirms: 1 kernel, all idle"
+    assert (
+        reason
+        == "idle for 2h 00m (rule default: timeout 1h 00m); server confirms: 1 kernel, all idle"
+    )
 
 
 def test_activity_the_hub_has_not_seen_keeps_the_server() -> None:
@@ -115,7 +119,7 @@ def test_named_servers_are_removed_when_configured() -> None:
         USER,
         server(ago(2 * HOUR), name="gpu"),
         NOW,
-        Rules(timeout=HOUR, remove_named_servers=True),
+        ServerRule("default", timeout=HOUR, remove_named=True),
         ProbeRules(),
         evidence(ago(3 * HOUR)),
         ago(2 * HOUR),

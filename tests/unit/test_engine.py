@@ -33,7 +33,8 @@ from hubcull.events import (
     UserSpared,
 )
 from hubcull.model import StopOutcome
-from hubcull.policy import Action, Cause, Rules
+from hubcull.policy import Action, Cause
+from hubcull.rules import Flags, RuleSet, parse_rules
 from testkit.fakehub import FakeHub, FakeServer
 from testkit.recorder import Recorder
 from testkit.vclock import EPOCH, run_virtual, virtual_now
@@ -49,11 +50,11 @@ def idle(name: str = "", seconds: float = 2 * TIMEOUT, **kw: Any) -> FakeServer:
     return FakeServer(name=name, last_activity=ago(seconds), **kw)
 
 
-def build(hub: FakeHub, rules: Rules | None = None, **options: Any) -> tuple[Engine, Recorder]:
+def build(hub: FakeHub, flags: Flags | None = None, **options: Any) -> tuple[Engine, Recorder]:
     events = Recorder()
     engine = Engine(
         hub,
-        rules or Rules(timeout=TIMEOUT),
+        RuleSet((), flags or Flags(timeout=TIMEOUT)),
         events,
         EngineOptions(**options),
         clock=virtual_now,
@@ -146,7 +147,7 @@ async def test_a_dry_run_decides_everything_and_stops_nothing() -> None:
     hub = FakeHub(virtual_now)
     hub.add_user("alice", idle(), idle("gpu"))
     hub.add_user("ghost")
-    engine, events = build(hub, Rules(timeout=TIMEOUT, cull_users=True), dry_run=True)
+    engine, events = build(hub, Flags(timeout=TIMEOUT, cull_users=True), dry_run=True)
 
     report = await engine.run_pass()
 
@@ -245,7 +246,7 @@ async def test_a_stop_lost_every_time_is_left_to_an_operator_after_three_tries()
 async def test_a_user_is_deleted_only_after_every_server_is_confirmed_stopped() -> None:
     hub = FakeHub(virtual_now, slow_stop_timeout=10)
     hub.add_user("temp", idle(), idle("slow", stop_delay=15), last_activity=ago(9999))
-    engine, events = build(hub, Rules(timeout=TIMEOUT, cull_users=True), stop_wait=60)
+    engine, events = build(hub, Flags(timeout=TIMEOUT, cull_users=True), stop_wait=60)
 
     await engine.run_pass()
 
@@ -258,7 +259,7 @@ async def test_a_user_is_deleted_only_after_every_server_is_confirmed_stopped() 
 async def test_a_user_whose_server_started_again_is_not_deleted() -> None:
     hub = FakeHub(virtual_now)
     hub.add_user("comeback", idle(), last_activity=ago(9999))
-    engine, events = build(hub, Rules(timeout=TIMEOUT, cull_users=True))
+    engine, events = build(hub, Flags(timeout=TIMEOUT, cull_users=True))
     real_stop = hub.stop_server
 
     async def stop_then_restart(user: str, server: str, remove: bool = False) -> StopOutcome:
@@ -425,3 +426,96 @@ def test_a_pass_refuses_to_run_beside_another() -> None:
         await first
 
     run_virtual(main())
+
+
+# --- rules ---------------------------------------------------------------------------------
+
+
+def ruleset(rules: list[dict[str, Any]], **flags: Any) -> RuleSet:
+    return RuleSet(parse_rules(rules), Flags(**{"timeout": TIMEOUT, **flags}))
+
+
+@virtual
+async def test_each_server_is_culled_at_its_own_rules_deadline() -> None:
+    hub = FakeHub(virtual_now)
+    hub.add_user("ada", FakeServer(last_activity=ago(0), user_options={"profile": "gpu-a100"}))
+    hub.add_user("ben", FakeServer(last_activity=ago(0)), FakeServer("big", last_activity=ago(0)))
+    hub.add_user("sam", FakeServer(last_activity=ago(9999)), groups=["staff"])
+    rules = ruleset(
+        [
+            {"name": "staff", "groups": ["staff"], "cull": False},
+            {"name": "gpu", "profile": "gpu*", "timeout": 60},
+            {"name": "named", "named": True, "timeout": 120, "remove_named": True},
+        ]
+    )
+    events = Recorder()
+    engine = Engine(hub, rules, events, clock=virtual_now)
+    runner = asyncio.ensure_future(engine.run_forever(300))
+    await asyncio.sleep(700)
+    engine.stopping.set()
+    await runner
+
+    culled = {e.verdict.subject: (seconds(e.at), e.verdict) for e in events.of(Culling)}
+    assert {k: t for k, (t, _) in culled.items()} == {
+        "ada/": 60.0,
+        "ben/big": 120.0,
+        "ben/": 600.0,
+    }, "each at its own rule's deadline, between passes"
+    assert culled["ben/big"][1].action is Action.REMOVE
+    assert culled["ada/"][1].reason == "idle for 1m 00s (rule gpu: timeout 1m 00s)"
+    assert ("sam", "") in hub.running(), "exempt"
+    sam = [e.verdict for e in events.of(ServerJudged) if e.user.name == "sam"]
+    assert {(v.cause, v.rule, v.reason) for v in sam} == {
+        (Cause.EXEMPT, "staff", "exempt by rule staff")
+    }
+
+
+@virtual
+async def test_a_user_is_deleted_at_their_own_deadline_between_passes() -> None:
+    hub = FakeHub(virtual_now)
+    hub.add_user("guest-1", last_activity=ago(100))  # due at t=20 (user_timeout 120)
+    hub.add_user("ben", last_activity=ago(100))  # default user timeout: 3600
+    hub.add_user("guest-x", last_activity=ago(9999), groups=["staff"])  # exempt
+    rules = ruleset(
+        [
+            {"name": "staff", "groups": ["staff"], "cull": False},
+            {"name": "guests", "users": ["guest-*"], "user_timeout": 120},
+        ],
+        cull_users=True,
+        user_timeout=3600,
+    )
+    events = Recorder()
+    engine = Engine(hub, rules, events, clock=virtual_now)
+    runner = asyncio.ensure_future(engine.run_forever(300))
+    await asyncio.sleep(100)
+    engine.stopping.set()
+    await runner
+
+    deleted = [(e.user.name, seconds(e.at), e.verdict.reason) for e in events.of(UserDeleted)]
+    assert deleted == [("guest-1", 20.0, "inactive for 2m 00s (rule guests: user-timeout 2m 00s)")]
+    assert set(hub.users) == {"ben", "guest-x"}
+
+
+@virtual
+async def test_the_arbiter_hook_gets_the_rules_timeout_and_name() -> None:
+    hub = FakeHub(virtual_now)
+    hub.add_user("ada", FakeServer(last_activity=ago(100), user_options={"profile": "gpu"}))
+    hub.add_user("ben", FakeServer(last_activity=ago(100)))
+    calls: list[tuple[str, float, str]] = []
+
+    async def hook(inactive: timedelta, inactive_limit: float, server: dict, rule: str) -> bool:
+        calls.append((server["user_options"].get("profile", "-"), inactive_limit, rule))
+        return rule == "gpu"
+
+    def old_style(inactive: timedelta, inactive_limit: float, server: dict) -> bool:
+        return False
+
+    rules = ruleset([{"name": "gpu", "profile": "gpu", "timeout": 90}])
+    events = Recorder()
+    await Engine(hub, rules, events, arbiter=hook, clock=virtual_now).run_pass()
+    assert sorted(calls) == [("-", TIMEOUT, "default"), ("gpu", 90, "gpu")]
+    [cull] = events.of(Culling)
+    assert (cull.verdict.subject, cull.verdict.cause) == ("ada/", Cause.ARBITER)
+
+    report = await Engine(hub, rules, Recorder(), arbiter=old_style, clock=virtual_now).run_pass()
+    assert report.ok, "a hook without 'rule' is called as jupyterhub-idle-culler calls it"

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from hubcull.engine import Engine
 from hubcull.events import EventBus
-from hubcull.policy import Rules
+from hubcull.rules import Flags, RuleSet
 from testkit.fakehub import FakeHub, FakeServer
 from testkit.vclock import run_virtual, virtual_now
 
@@ -26,7 +26,7 @@ def test_a_deadline_listing_never_overlaps_the_periodic_pass() -> None:
             hub.add_user(
                 f"u{i:03d}", FakeServer(last_activity=now - timedelta(seconds=TIMEOUT - 65))
             )
-        engine = Engine(hub, Rules(timeout=TIMEOUT), EventBus(), clock=virtual_now)
+        engine = Engine(hub, RuleSet((), Flags(timeout=TIMEOUT)), EventBus(), clock=virtual_now)
         task = asyncio.ensure_future(engine.run_forever(EVERY))
         await asyncio.sleep(150)
         engine.stopping.set()

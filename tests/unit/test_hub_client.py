@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from hubcull.app import HubCull, is_loopback
-from hubcull.hub import HubError, RetryPolicy, TokenSource, _retry_after, scope_granted
+from hubcull.hub import HubError, RetryPolicy, TokenSource, _retry_after
 from hubcull.logsafe import REDACTED, RedactSecrets
+from hubcull.preflight import scope_granted
 
 SECRET = "0123456789abcdef0123456789abcdef"
 OTHER_SECRET = "fedcba9876543210fedcba9876543210"
@@ -138,6 +139,12 @@ def test_retry_after_unicode_digits_are_ignored_not_raised(header: str) -> None:
 )
 def test_scope_granted(needed: str, scopes: set[str], granted: bool) -> None:
     assert scope_granted(needed, frozenset(scopes)) is granted
+
+
+def test_a_users_own_self_scopes_do_not_count() -> None:
+    scopes = frozenset({"list:users", "read:users:groups!user=token-owner"})
+    assert not scope_granted("read:users:groups", scopes, owner="token-owner")
+    assert scope_granted("read:users:groups", scopes | {"read:users:groups!group=a"}, "token-owner")
 
 
 # --- is_loopback ---------------------------------------------------------------------

@@ -17,17 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hubcull import policy
 from hubcull.model import KNOWN_PENDING, Server, User, parse_user
-from hubcull.policy import (
-    Action,
-    Cause,
-    Rules,
-    Verdict,
-    arbiter_applies,
-    decide_server,
-    decide_user,
-    format_duration,
-)
+from hubcull.policy import Action, Cause, Verdict, format_duration
+from hubcull.rules import Flags, RuleSet
 
 UTC = timezone.utc
 NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -35,6 +28,27 @@ HOUR = 3600.0
 DAY = 86400.0
 US = timedelta(microseconds=1)
 ANCIENT = NOW - timedelta(days=365)
+
+
+# The decisions under the flags alone (rule "default"): how rules.py resolves them when
+# no operator rule matches. Rules of their own are tested in test_rules.py.
+
+
+def decide_server(
+    user: User, server: Server, now: datetime, flags: Flags, arbiter: bool | None = None
+) -> Verdict:
+    return policy.decide_server(
+        user, server, now, RuleSet((), flags).for_server(user, server), arbiter
+    )
+
+
+def decide_user(user: User, now: datetime, flags: Flags, servers_running: int) -> Verdict:
+    return policy.decide_user(user, now, RuleSet((), flags).for_user(user), servers_running)
+
+
+def arbiter_applies(server: Server, flags: Flags) -> bool:
+    user = User("alice", False, None, None, (), {server.name: server})
+    return policy.arbiter_applies(server, RuleSet((), flags).for_server(user, server))
 
 
 def ago(seconds: float) -> datetime:
@@ -72,7 +86,7 @@ def usr(
     )
 
 
-def judge(server: Server, rules: Rules, arbiter: bool | None = None) -> Verdict:
+def judge(server: Server, rules: Flags, arbiter: bool | None = None) -> Verdict:
     return decide_server(usr(servers=(server,)), server, NOW, rules, arbiter)
 
 
@@ -82,7 +96,7 @@ def judge(server: Server, rules: Rules, arbiter: bool | None = None) -> Verdict:
 @dataclass(frozen=True)
 class ServerCase:
     server: Server
-    rules: Rules
+    rules: Flags
     action: Action
     cause: str  # Cause's value
     due_at: datetime | None
@@ -93,11 +107,11 @@ class ServerCase:
     age: timedelta | None | str = "unchecked"
 
 
-R = Rules(timeout=HOUR)
-R_AGE = Rules(timeout=HOUR, max_age=DAY)
-R_NO_DEFAULT = Rules(timeout=HOUR, max_age=DAY, cull_default_servers=False)
-R_NO_NAMED = Rules(timeout=HOUR, max_age=DAY, cull_named_servers=False)
-R_REMOVE = Rules(timeout=HOUR, max_age=DAY, remove_named_servers=True)
+R = Flags(timeout=HOUR)
+R_AGE = Flags(timeout=HOUR, max_age=DAY)
+R_NO_DEFAULT = Flags(timeout=HOUR, max_age=DAY, cull_default_servers=False)
+R_NO_NAMED = Flags(timeout=HOUR, max_age=DAY, cull_named_servers=False)
+R_REMOVE = Flags(timeout=HOUR, max_age=DAY, remove_named_servers=True)
 
 SERVER_CASES: list[Any] = []
 
@@ -110,7 +124,7 @@ for _p in [*sorted(KNOWN_PENDING), "something-new"]:
                 pytest.param(
                     ServerCase(
                         srv(pending=_p, ready=_ready, started=ANCIENT, last_activity=ANCIENT),
-                        Rules(timeout=1, max_age=1),
+                        Flags(timeout=1, max_age=1),
                         Action.KEEP,
                         "pending",
                         None,
@@ -305,7 +319,7 @@ SERVER_CASES += [
     pytest.param(
         ServerCase(
             srv(started=None, last_activity=None),
-            Rules(timeout=1, max_age=1),
+            Flags(timeout=1, max_age=1),
             Action.KEEP,
             "no-data",
             None,
@@ -375,7 +389,7 @@ SERVER_CASES += [
     pytest.param(
         ServerCase(
             srv(started=ANCIENT, last_activity=ago(60)),
-            Rules(timeout=HOUR, max_age=0),
+            Flags(timeout=HOUR, max_age=0),
             Action.KEEP,
             "active",
             ago(60) + timedelta(hours=1),
@@ -599,11 +613,11 @@ def test_decide_server_from_parsed_hub_json() -> None:
             },
         }
     )
-    rules = Rules(timeout=HOUR, remove_named_servers=True)
+    rules = Flags(timeout=HOUR, remove_named_servers=True)
     default = decide_server(user, user.servers[""], NOW, rules)
     assert (default.action, default.cause, default.subject) == (Action.STOP, Cause.IDLE, "bob/")
     assert default.due_at == datetime(2024, 6, 1, 11, tzinfo=UTC)
-    assert default.describe() == "stop server bob/: idle for 2h 00m (timeout 1h 00m)"
+    assert default.describe() == "stop server bob/: idle for 2h 00m (rule default: timeout 1h 00m)"
     gpu = decide_server(user, user.servers["gpu"], NOW, rules)
     assert (gpu.action, gpu.cause, gpu.subject) == (Action.KEEP, Cause.PENDING, "bob/gpu")
 
@@ -636,7 +650,7 @@ def test_decide_server_is_deterministic_and_pure() -> None:
         pytest.param(srv("", started=ago(9)), R_NO_NAMED, True, id="default-while-named-ex"),
     ],
 )
-def test_arbiter_applies(server: Server, rules: Rules, expected: bool) -> None:
+def test_arbiter_applies(server: Server, rules: Flags, expected: bool) -> None:
     """The arbiter hook is only consulted on servers the timeout rule could cull."""
     assert arbiter_applies(server, rules) is expected
 
@@ -647,7 +661,7 @@ def test_arbiter_applies(server: Server, rules: Rules, expected: bool) -> None:
 @dataclass(frozen=True)
 class UserCase:
     user: User
-    rules: Rules
+    rules: Flags
     running: int
     action: Action
     cause: str  # Cause's value
@@ -655,14 +669,14 @@ class UserCase:
     words: tuple[str, ...] = field(default_factory=tuple)
 
 
-RU = Rules(timeout=HOUR, cull_users=True)
-RU_AGE = Rules(timeout=HOUR, max_age=DAY, cull_users=True)
-RU_SPARE = Rules(timeout=HOUR, cull_users=True, cull_admin_users=False)
+RU = Flags(timeout=HOUR, cull_users=True)
+RU_AGE = Flags(timeout=HOUR, max_age=DAY, cull_users=True)
+RU_SPARE = Flags(timeout=HOUR, cull_users=True, cull_admin_users=False)
 OLD_USER = usr(created=ANCIENT, last_activity=ANCIENT)
 
 USER_CASES = [
     pytest.param(
-        UserCase(OLD_USER, Rules(timeout=HOUR), 0, Action.KEEP, "excluded", None, ("cull_users",)),
+        UserCase(OLD_USER, Flags(timeout=HOUR), 0, Action.KEEP, "excluded", None, ("cull_users",)),
         id="cull-users-off",
     ),
     pytest.param(
@@ -862,7 +876,7 @@ def test_decide_user_evidence() -> None:
     assert (v.inactive, v.age) == (timedelta(seconds=90), None)
 
 
-# --- Rules, Action, Verdict, format_duration --------------------------------------------------
+# --- Flags, Action, Verdict, format_duration --------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -880,12 +894,12 @@ def test_decide_user_evidence() -> None:
 def test_rules_reject_invalid(kwargs: dict[str, float]) -> None:
     """Nonsense rules fail loudly at construction, not at the first decision."""
     with pytest.raises(ValueError, match="timeout|max_age"):
-        Rules(**kwargs)
+        Flags(**kwargs)
 
 
 def test_rules_accept_valid_and_defaults() -> None:
     """The defaults are the incumbent's: servers of both kinds culled, users and removal off."""
-    r = Rules(timeout=0.5, max_age=0)
+    r = Flags(timeout=0.5, max_age=0)
     assert (r.timeout, r.max_age) == (0.5, 0)
     assert r.cull_users is False
     assert r.cull_admin_users is True
@@ -906,9 +920,9 @@ def test_rules_accept_valid_and_defaults() -> None:
     ids=repr,
 )
 def test_rules_out_of_range_fail_early_not_per_decision(kwargs: dict[str, float]) -> None:
-    """Either Rules refuses such values with ValueError, or every decision still works."""
+    """Either Flags refuses such values with ValueError, or every decision still works."""
     try:
-        rules = Rules(**kwargs)
+        rules = Flags(**kwargs)
     except ValueError:
         return
     decide_server(usr(), srv(started=ago(60), last_activity=ago(60)), NOW, rules)
@@ -950,14 +964,19 @@ def test_verdict_describe(verdict: Verdict, text: str) -> None:
 def test_describe_of_a_real_decision() -> None:
     """The documented example comes out of decide_server word for word."""
     server = srv(started=ago(3 * HOUR), last_activity=ago(2 * HOUR + 3 * 60))
-    assert judge(server, R).describe() == "stop server alice/: idle for 2h 03m (timeout 1h 00m)"
+    assert (
+        judge(server, R).describe()
+        == "stop server alice/: idle for 2h 03m (rule default: timeout 1h 00m)"
+    )
     named = srv("gpu", started=ago(DAY), last_activity=ago(2 * HOUR + 3 * 60))
     assert (
         judge(named, R_REMOVE).describe()
-        == "remove server alice/gpu: idle for 2h 03m (timeout 1h 00m)"
+        == "remove server alice/gpu: idle for 2h 03m (rule default: timeout 1h 00m)"
     )
     v = decide_user(usr(created=ANCIENT, last_activity=ago(2 * DAY)), NOW, RU, 0)
-    assert v.describe() == "delete user alice: inactive for 2d 0h (timeout 1h 00m)"
+    assert (
+        v.describe() == "delete user alice: inactive for 2d 0h (rule default: user-timeout 1h 00m)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -1017,7 +1036,7 @@ users = st.builds(
     servers=st.just({}),
 )
 rules_st = st.builds(
-    Rules,
+    Flags,
     timeout=durations,
     max_age=st.just(0) | durations,
     cull_users=st.booleans(),
@@ -1044,7 +1063,7 @@ def check_verdict_shape(v: Verdict, now: datetime) -> None:
 @PROPS
 @given(server=servers, rules=rules_st, now=times, arbiter=arbiters)
 def test_property_server_safety(
-    server: Server, rules: Rules, now: datetime, arbiter: bool | None
+    server: Server, rules: Flags, now: datetime, arbiter: bool | None
 ) -> None:
     """A server is only culled by a rule that really holds at ``now``; (1), (2), (4), (5)."""
     user = usr(servers=(server,))
@@ -1096,7 +1115,7 @@ def test_property_server_safety(
     arbiter=arbiters,
 )
 def test_property_pending_never_culled(
-    server: Server, rules: Rules, now: datetime, arbiter: bool | None
+    server: Server, rules: Flags, now: datetime, arbiter: bool | None
 ) -> None:
     """(1) Whatever the Hub is busy with, and whatever else holds, it is left alone."""
     v = decide_server(usr(servers=(server,)), server, now, rules, arbiter)
@@ -1115,7 +1134,7 @@ def test_property_idle_rule_is_exactly_timeout(
     ref: datetime, timeout: float, delta_us: int, use_started: bool, name: str
 ) -> None:
     """Without arbiter or max-age, a server is culled iff idle >= timeout, to the microsecond."""
-    rules = Rules(timeout=timeout)
+    rules = Flags(timeout=timeout)
     server = srv(name, started=ref, last_activity=None if use_started else ref)
     deadline = ref + timedelta(seconds=timeout)
     now = deadline + timedelta(microseconds=delta_us)
@@ -1137,7 +1156,7 @@ def test_property_max_age_rule_is_exactly_max_age(
     started: datetime, max_age: float, delta_us: int, arbiter: bool | None, user_not_server: bool
 ) -> None:
     """Always active, a server (or user) is culled iff its age >= max_age, to the microsecond."""
-    rules = Rules(timeout=10 * DAY, max_age=max_age, cull_users=True)
+    rules = Flags(timeout=10 * DAY, max_age=max_age, cull_users=True)
     deadline = started + timedelta(seconds=max_age)
     now = deadline + timedelta(microseconds=delta_us)
     recent = now - timedelta(seconds=1)
@@ -1153,7 +1172,7 @@ def test_property_max_age_rule_is_exactly_max_age(
 
 @PROPS
 @given(user=users, rules=rules_st, now=times, running=st.integers(0, 5))
-def test_property_user_safety(user: User, rules: Rules, now: datetime, running: int) -> None:
+def test_property_user_safety(user: User, rules: Flags, now: datetime, running: int) -> None:
     """(3) No user is deleted while a server may run; (4)/(5) on user verdicts."""
     v = decide_user(user, now, rules, servers_running=running)
     check_verdict_shape(v, now)
@@ -1179,7 +1198,7 @@ def test_property_user_safety(user: User, rules: Rules, now: datetime, running: 
 
 
 def expected_server(
-    server: Server, now: datetime, rules: Rules, arbiter: bool | None
+    server: Server, now: datetime, rules: Flags, arbiter: bool | None
 ) -> tuple[Action, str, datetime | None]:
     """The rules of the module docstring, restated independently, as an oracle."""
     if server.pending:
@@ -1207,7 +1226,7 @@ def expected_server(
 
 
 def expected_user(
-    user: User, now: datetime, rules: Rules, running: int
+    user: User, now: datetime, rules: Flags, running: int
 ) -> tuple[Action, str, datetime | None]:
     """decide_user's rules, restated independently, as an oracle."""
     if not rules.cull_users:
@@ -1241,7 +1260,7 @@ def moments(*anchors: datetime | None) -> st.SearchStrategy[datetime]:
 
 
 def deadlines(
-    ref: datetime | None, born: datetime | None, rules: Rules
+    ref: datetime | None, born: datetime | None, rules: Flags
 ) -> tuple[datetime | None, datetime | None]:
     idle = None if ref is None else ref + timedelta(seconds=rules.timeout)
     age = None if born is None or not rules.max_age else born + timedelta(seconds=rules.max_age)
@@ -1251,7 +1270,7 @@ def deadlines(
 @PROPS
 @given(server=servers, rules=rules_st, arbiter=arbiters, data=st.data())
 def test_property_server_matches_oracle(
-    server: Server, rules: Rules, arbiter: bool | None, data: st.DataObject
+    server: Server, rules: Flags, arbiter: bool | None, data: st.DataObject
 ) -> None:
     """The table above, generalised: decide_server agrees with the restated rules."""
     ref = server.last_activity or server.started
@@ -1269,7 +1288,7 @@ def test_property_server_matches_oracle(
     data=st.data(),
 )
 def test_property_user_matches_oracle(
-    user: User, rules: Rules, running: int, data: st.DataObject
+    user: User, rules: Flags, running: int, data: st.DataObject
 ) -> None:
     """decide_user agrees with the restated rules for any user, rules and moment."""
     ref = user.last_activity or user.created

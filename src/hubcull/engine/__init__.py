@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 from ..activity import Prober
 from ..events import DeadlineMode, Emit, PassReport, PassTrigger
 from ..hub import HubAPI
-from ..policy import ProbeRules, Rules
+from ..policy import ProbeRules
+from ..rules import RuleSet
 from .arbiter import Arbiter, Hook
 from .claims import UserClaims
 from .context import Clock
@@ -44,7 +45,7 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
-    """How the engine runs (the rules of what to cull are separate: policy.Rules)."""
+    """How the engine runs (what to cull is the rules' business: rules.RuleSet)."""
 
     dry_run: bool = False  # decide everything, stop nothing
     page_size: int = 0  # users per page; 0: the Hub's default (200 under a read budget)
@@ -62,7 +63,7 @@ class Engine:
     def __init__(
         self,
         hub: HubAPI,
-        rules: Rules,
+        rules: RuleSet,
         emit: Emit,
         options: EngineOptions = EngineOptions(),
         *,
@@ -86,9 +87,7 @@ class Engine:
             max_attempts=options.max_stop_attempts,
         )
         probes = (
-            None
-            if prober is None
-            else SecondOpinion(prober, probe_rules or ProbeRules(), rules, clock)
+            None if prober is None else SecondOpinion(prober, probe_rules or ProbeRules(), clock)
         )
         self.deadlines = DeadlineChecker(
             options.deadline_checks,
@@ -108,7 +107,7 @@ class Engine:
             self.deadlines.note,
             dry_run=options.dry_run,
             probes=probes,
-            arbiter=None if arbiter is None else Arbiter(arbiter, rules),
+            arbiter=None if arbiter is None else Arbiter(arbiter),
         )
         self.passes = Passes(
             hub,

@@ -3,6 +3,9 @@
 It replaces "idle for the timeout" for the servers it applies to (max-age still
 applies), may be sync or async, and a hook that raises keeps the server: a broken
 hook must never cull anything. Its failure is said once per server.
+
+``inactive_limit`` is the timeout of the rule that applies to the server; a hook
+whose signature takes ``rule`` (or ``**kwargs``) is also given that rule's name.
 """
 
 from __future__ import annotations
@@ -14,28 +17,34 @@ from typing import Any
 
 from ..events import ArbiterFailed
 from ..model import Server, User
-from ..policy import Rules, arbiter_applies
+from ..policy import arbiter_applies
+from ..rules import ServerRule
 from .context import PassContext
 
 Hook = Callable[..., Any]
 
 
 class Arbiter:
-    def __init__(self, hook: Hook, rules: Rules) -> None:
+    def __init__(self, hook: Hook) -> None:
         self.hook = hook
-        self.rules = rules
         self._failed: set[str] = set()
+        self._takes_rule = _accepts(hook, "rule")
 
-    async def ask(self, ctx: PassContext, user: User, server: Server, now: datetime) -> bool | None:
+    async def ask(
+        self, ctx: PassContext, user: User, server: Server, rule: ServerRule, now: datetime
+    ) -> bool | None:
         """True: cull; False: keep; None: the hook has no say on this server."""
-        if not arbiter_applies(server, self.rules):
+        if not arbiter_applies(server, rule):
             return None
         ref = server.activity_ref
         assert ref is not None
+        kwargs: dict[str, Any] = dict(
+            inactive=now - ref, inactive_limit=rule.timeout, server=dict(server.raw)
+        )
+        if self._takes_rule:
+            kwargs["rule"] = rule.name
         try:
-            answer = self.hook(
-                inactive=now - ref, inactive_limit=self.rules.timeout, server=dict(server.raw)
-            )
+            answer = self.hook(**kwargs)
             if inspect.isawaitable(answer):
                 answer = await answer
             return bool(answer)
@@ -49,3 +58,16 @@ class Arbiter:
                 )
             )
             return False
+
+
+def _accepts(hook: Hook, name: str) -> bool:
+    """Whether ``hook`` can be called with the keyword argument ``name``."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in params
+    )

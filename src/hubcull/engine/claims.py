@@ -27,4 +27,3 @@ class UserClaims:
             yield True
         finally:
             self._held.discard(name)
-

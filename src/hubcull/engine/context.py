@@ -34,6 +34,7 @@ from ..events import (
     UserRead,
 )
 from ..model import ModelError, StopOutcome, User, parse_user, server_label
+from ..schedule import USER
 
 Key = tuple[str, str]  # (user, server name)
 Clock = Callable[[], datetime]
@@ -106,7 +107,7 @@ class PassContext:
         self.started = clock()
         self.requests_before = requests_before
         self.tally = Tally()
-        self.seen: set[Key] = set()  # every server listed in this pass
+        self.seen: set[Key] = set()  # every server (and user) listed in this pass
         self.complete = False
 
     def emit(self, event: Event) -> None:
@@ -125,6 +126,7 @@ class PassContext:
     def read(self, user: User) -> None:
         """A user record was read whole: note its servers as seen, and say so."""
         self.seen.update((user.name, name) for name in user.servers)
+        self.seen.add((user.name, USER))
         self.emit(UserRead(self.clock(), user))
 
     def report(self, requests_now: int) -> PassReport:

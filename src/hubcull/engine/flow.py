@@ -23,13 +23,15 @@ from ..events import (
 )
 from ..hub import HubAPI, HubAPIError
 from ..model import Server, User
-from ..policy import Cause, Rules, Verdict, decide_server, decide_user
+from ..policy import Cause, Verdict, decide_server, decide_user
+from ..rules import RuleSet
+from ..schedule import USER
 from .arbiter import Arbiter
 from .context import Clock, PassContext
 from .probes import SecondOpinion
 from .stopper import Stopper
 
-# Told of every server's verdict, to wake at its deadline: (user, server, verdict).
+# Told of every verdict, to wake at its deadline: (user, server or schedule.USER, verdict).
 Schedule = Callable[[str, str, Verdict], None]
 
 
@@ -37,7 +39,7 @@ class UserFlow:
     def __init__(
         self,
         hub: HubAPI,
-        rules: Rules,
+        rules: RuleSet,
         stopper: Stopper,
         clock: Clock,
         schedule: Schedule,
@@ -68,7 +70,8 @@ class UserFlow:
         acted = bool(due)
         if self.rules.cull_users:
             not_stopped = (len(user.servers) - len(due)) + stopped.count(False)
-            uv = decide_user(user, now, self.rules, servers_running=not_stopped)
+            uv = decide_user(user, now, self.rules.for_user(user), servers_running=not_stopped)
+            self.schedule(user.name, USER, uv)
             ctx.emit(UserJudged(now, user, uv))
             if uv.culls:
                 deleted = await self._delete_user(ctx, user, uv, had_servers=bool(due))
@@ -84,12 +87,15 @@ class UserFlow:
         if held is not None:
             self.schedule(user.name, server.name, held)
             return held, None
+        rule = self.rules.for_server(user, server)
         judged = server if self.probes is None else self.probes.hub_view(user, server)
-        says = None if self.arbiter is None else await self.arbiter.ask(ctx, user, judged, now)
-        v = decide_server(user, judged, now, self.rules, says)
+        says = (
+            None if self.arbiter is None else await self.arbiter.ask(ctx, user, judged, rule, now)
+        )
+        v = decide_server(user, judged, now, rule, says)
         hub_v = None
         if self.probes is not None and v.culls and v.cause in (Cause.IDLE, Cause.ARBITER):
-            second = await self.probes.judge(ctx, user, judged, v)
+            second = await self.probes.judge(ctx, user, judged, rule, v)
             v, hub_v = second, (None if second is v else v)
         self.schedule(user.name, server.name, v)
         return v, hub_v

@@ -21,15 +21,15 @@ from ..activity import (
 )
 from ..events import ProbeFailed
 from ..model import Server, User
-from ..policy import Cause, ProbeRules, Rules, Verdict, decide_with_evidence
+from ..policy import Cause, ProbeRules, Verdict, decide_with_evidence
+from ..rules import ServerRule
 from .context import Clock, Key, PassContext
 
 
 class SecondOpinion:
-    def __init__(self, prober: Prober, probe_rules: ProbeRules, rules: Rules, clock: Clock):
+    def __init__(self, prober: Prober, probe_rules: ProbeRules, clock: Clock):
         self.prober = prober
         self.probe_rules = probe_rules
-        self.rules = rules
         self.clock = clock
         self._memory: dict[Key, ProbeMemory] = {}
         # (user, server, started): a server that cannot be asked is said once per start.
@@ -50,7 +50,7 @@ class SecondOpinion:
         return replace(server, last_activity=activity)
 
     async def judge(
-        self, ctx: PassContext, user: User, server: Server, hub_verdict: Verdict
+        self, ctx: PassContext, user: User, server: Server, rule: ServerRule, hub_verdict: Verdict
     ) -> Verdict:
         """The Hub finds the server idle: ask the server before believing it."""
         key = (user.name, server.name)
@@ -72,7 +72,7 @@ class SecondOpinion:
             user,
             server,
             self.clock(),
-            self.rules,
+            rule,
             self.probe_rules,
             evidence,
             hub_activity,
