@@ -97,7 +97,10 @@ async def test_cull_arbiter_hook(clean_hub: LocalHub, tmp_path: Path) -> None:
     run = await run_hubcull(hub, "--once", "--timeout=3600")
     assert run.code == 0, run
     assert set(await hub.active_servers()) == {("arb", "")}
-    assert "stop server arb/scratch: idle for 5m 00s; cull_arbiter_hook said cull" in run.stderr
+    assert (
+        "stop server arb/scratch: idle for 5m 00s; cull_arbiter_hook said cull (rule default)"
+        in run.stderr
+    )
 
 
 async def test_async_cull_arbiter_hook_sees_the_server_model(
