@@ -55,7 +55,7 @@ FLAGS = [
     "--disable-sync",
 ]
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_MS = 15_000  # per action and navigation: a broken page fails in seconds, not 30 s
+TIMEOUT_MS = 30_000  # per action and navigation: generous for a loaded CI machine
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,21 @@ class ProbeError(Exception):
     """A server could not be asked; ``str()`` is the reason, ready for a warning."""
 
 
+class NoAddress(ProbeError):
+    """hubcull does not know where the server answers: a setting is missing, so every
+    probe would fail the same way (--check-kernels silently off)."""
+
+
+# What to do about NoAddress, said once at the first server it concerns.
+NO_ADDRESS_FIX = (
+    "--check-kernels cannot reach single-user servers: the Hub gives them no full_url "
+    "(c.JupyterHub.public_url is not set, the default, zero-to-jupyterhub included) and "
+    "--proxy-url is not given, so busy servers are culled on the Hub's view alone; set "
+    "--proxy-url to the proxy's address as hubcull can reach it (on zero-to-jupyterhub: "
+    "--proxy-url=http://proxy-public)"
+)
+
+
 @dataclass
 class ProbeMemory:
     """What we knew of a server when we last probed it, to see through our own footprints."""
@@ -162,7 +177,7 @@ class Prober:
         full = server.raw.get("full_url")
         if isinstance(full, str) and full.startswith(("http://", "https://")):
             return full.rstrip("/") + "/"
-        raise ProbeError("no address to reach it: set --proxy-url to the proxy's public URL")
+        raise NoAddress("no address to reach it: set --proxy-url to the proxy's public URL")
 
     async def _get(self, base: str, path: str, optional: bool = False) -> bytes | None:
         status, body = await self.fetch(base + path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -53,13 +54,17 @@ from .hub import (
 )
 from .limits import AdaptiveGate, AdaptiveLimit
 from .logsafe import RedactSecrets
+from .observe.audit import AuditLog
 from .observe.dryrun import DryRunPrinter
 from .observe.explain import ExplainPrinter
-from .observe.logs import LogLines
+from .observe.history import RecentCulls
+from .observe.logs import JsonFormatter, LogLines
+from .observe.metrics import Metrics
 from .observe.status import StatusView
 from .policy import MAX_SECONDS, ProbeRules
 from .preflight import Connection, StartupError, preflight
 from .rules import Flags, RuleError, RuleSet, parse_rules
+from .web import WebError
 
 DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
 EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -74,6 +79,7 @@ _RANGES: dict[str, tuple[float, bool, float, str]] = {
     "cull_every": (0, True, MAX_SECONDS, "0 (half the timeout) or a number of seconds"),
     "max_age": (0, True, MAX_SECONDS, "0 (off) or a number of seconds"),
     "user_timeout": (0, True, MAX_SECONDS, "0 (the timeout) or a number of seconds"),
+    "unhealthy_after": (0, True, MAX_SECONDS, "0 (three times cull_every) or a number of seconds"),
     "api_page_size": (0, True, 1_000_000, "0 (the Hub's default) or a page size"),
     "concurrency": (0, True, 10_000, "0 (no limit) or a positive number"),
     "retries": (0, True, 20, "between 0 and 20"),
@@ -326,6 +332,7 @@ class HubCull(IdleCuller):
 
     name = "hubcull"
     version = __version__
+    _pages_on = False  # the page behind the Hub's login is served
     description = _help(
         """
         Stop idle single-user servers (and, with --cull-users, idle users) through the
@@ -511,6 +518,137 @@ class HubCull(IdleCuller):
         ),
     ).tag(config=True)
 
+    # --- seeing what hubcull does: the web server, metrics, audit -------------------
+
+    web_url = Unicode(
+        help=_help(
+            """
+            Where hubcull's web server listens (health, Prometheus metrics, and the page
+            behind the Hub's login), e.g. http://0.0.0.0:10101. Default:
+            $JUPYTERHUB_SERVICE_URL, which the Hub sets for a managed service declared
+            with a "url"; without either, no port is opened. Only long-running hubcull
+            serves (not --once, --dry-run or explain).
+            """
+        ),
+    ).tag(config=True)
+
+    @default("web_url")
+    def _web_url_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "")
+
+    web_ip = Unicode(
+        "",
+        help=_help(
+            """
+            The address the web server binds. Default: the host of the web URL when it
+            is an IP address or localhost, else every interface (a name such as
+            http://hub:10101 on zero-to-jupyterhub is reached through the cluster).
+            """
+        ),
+    ).tag(config=True)
+
+    web_prefix = Unicode(
+        help=_help(
+            """
+            The URL path the web server serves under. Default:
+            $JUPYTERHUB_SERVICE_PREFIX (/services/<name>/ for a managed service), else /.
+            """
+        ),
+    ).tag(config=True)
+
+    @default("web_prefix")
+    def _web_prefix_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+
+    service_name = Unicode(
+        help=_help(
+            """
+            The name this service has in the Hub's config: who may see its pages and
+            metrics (access:services!service=<name>). Default: $JUPYTERHUB_SERVICE_NAME,
+            else hubcull.
+            """
+        ),
+    ).tag(config=True)
+
+    @default("service_name")
+    def _service_name_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME", "hubcull")
+
+    authenticate_prometheus = Bool(
+        True,
+        help=_help(
+            """
+            Whether <prefix>metrics asks for a Hub API token allowed to access this
+            service (as the Hub's own /hub/metrics asks for read:metrics). False: the
+            metrics are open to anyone who reaches the port.
+            """
+        ),
+    ).tag(config=True)
+
+    unhealthy_after = Int(
+        0,
+        help=_help(
+            """
+            <prefix>health answers 503 once no pass has succeeded for this many
+            seconds. 0: three times cull_every.
+            """
+        ),
+    ).tag(config=True)
+
+    admin_groups = List(
+        Unicode(),
+        help=_help(
+            """
+            Members of these Hub groups see the admin page (every server, the recent
+            culls, the rules, health), as Hub admins do.
+            """
+        ),
+    ).tag(config=True)
+
+    admin_scope = Unicode(
+        "custom:hubcull:admin",
+        help=_help(
+            """
+            Holders of this scope see the admin page, as Hub admins do. Define it with
+            c.JupyterHub.custom_scopes, grant it with a role, and list it in the
+            service's oauth_client_allowed_scopes (see the README). Empty: off.
+            """
+        ),
+    ).tag(config=True)
+
+    cookie_secret_file = Unicode(
+        "hubcull_cookie_secret",
+        help=_help(
+            """
+            The file holding the secret that signs login cookies (created, 0600, on
+            first use), so that users stay logged in across restarts.
+            """
+        ),
+    ).tag(config=True)
+
+    audit_log = Unicode(
+        "",
+        help=_help(
+            """
+            Append one JSON line per cull, user deletion and lost stop to this file:
+            time, user, server, action, rule, reason, last activity and who reported it,
+            deadline, the Hub's answer, hubcull's version, dry run. Reopened when
+            logrotate moves it.
+            """
+        ),
+    ).tag(config=True)
+
+    log_style = CaselessStrEnum(
+        ["text", "json"],
+        default_value="text",
+        help=_help(
+            """
+            text: the Hub's own log format. json: one JSON object per line (time, level,
+            logger, message), for Loki and ELK.
+            """
+        ),
+    ).tag(config=True)
+
     @default("request_timeout")
     def _request_timeout_default(self) -> float:
         raw = os.environ.get("JUPYTERHUB_REQUEST_TIMEOUT")
@@ -531,6 +669,7 @@ class HubCull(IdleCuller):
         "request_timeout",
         "probe_timeout",
         "user_timeout",
+        "unhealthy_after",
     )
     def _check_range(self, proposal: Any) -> Any:
         return _in_range(proposal)
@@ -546,6 +685,17 @@ class HubCull(IdleCuller):
         "probe-timeout": "HubCull.probe_timeout",
         "proxy-url": "HubCull.proxy_url",
         "cpu-threshold": "HubCull.cpu_threshold",
+        "web-url": "HubCull.web_url",
+        "web-ip": "HubCull.web_ip",
+        "web-prefix": "HubCull.web_prefix",
+        "service-name": "HubCull.service_name",
+        "authenticate-prometheus": "HubCull.authenticate_prometheus",
+        "unhealthy-after": "HubCull.unhealthy_after",
+        "admin-groups": "HubCull.admin_groups",
+        "admin-scope": "HubCull.admin_scope",
+        "cookie-secret-file": "HubCull.cookie_secret_file",
+        "audit-log": "HubCull.audit_log",
+        "log-format": "HubCull.log_style",
         "deadline-checks": "HubCull.deadline_checks",
         "user-timeout": "HubCull.user_timeout",
         "log-level": "Application.log_level",
@@ -569,6 +719,10 @@ class HubCull(IdleCuller):
             "Ask servers the Hub finds idle for their own view (busy kernels, terminals).",
         ),
         "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log at DEBUG level."),
+        "authenticate-prometheus": (
+            {"HubCull": {"authenticate_prometheus": True}},
+            "<prefix>metrics asks for a Hub API token (the default). Alone, means True.",
+        ),
     }
 
     subcommands = {
@@ -684,10 +838,19 @@ class HubCull(IdleCuller):
         self.log.propagate = False
         for handler in self.log.handlers:
             handler.addFilter(self._redactor)
-        # Libraries' warnings go through the same (redacting) handler, not Python's last resort.
-        for name in ("asyncio", "aiohttp"):
+            if self.log_style == "json":
+                handler.setFormatter(JsonFormatter())
+        # Libraries' warnings (and tornado's access log of the web server) go through the
+        # same redacting handler, not Python's last resort.
+        levels = {
+            "asyncio": logging.WARNING,
+            "aiohttp": logging.WARNING,
+            "tornado.access": self.log.level,
+            "tornado.application": self.log.level,
+        }
+        for name, level in levels.items():
             lib = logging.getLogger(name)
-            lib.setLevel(logging.WARNING)
+            lib.setLevel(level)
             for handler in self.log.handlers:
                 if handler not in lib.handlers:
                     lib.addHandler(handler)
@@ -746,11 +909,11 @@ class HubCull(IdleCuller):
                 "the Hub"
             )
         bus = EventBus(self.log)
-        self.status = StatusView()
-        bus.attach(LogLines(self.log))
-        bus.attach(self.status)
-        for printer in self._printers(self.status):
-            bus.attach(printer)
+        try:
+            audit = self._observers(bus)
+        except OSError as e:
+            self.log.critical("cannot open the audit log %s: %s", self.audit_log, e.strerror)
+            return EXIT_CONFIG
         # Stops (and page reads) in flight: adaptive between 1 and the concurrency
         # limit (see limits.py).
         gate = AdaptiveGate(
@@ -770,45 +933,145 @@ class HubCull(IdleCuller):
             emit=bus.emit,
         )
         self._warn_plain_http(hub)
-        async with hub:
-            try:
-                connection = await preflight(hub, self.ruleset, check_kernels=self.check_kernels)
-            except StartupError as e:
-                first, *rest = str(e).splitlines()
-                self.log.critical("%s", first)
-                if rest:
-                    print("\n".join(rest), file=sys.stderr)
-                return EXIT_CONFIG
-            self._log_connection(connection)
-            self._log_rules()
-            engine = Engine(
-                hub,
-                self.ruleset,
-                bus.emit,
-                EngineOptions(
-                    dry_run=self.dry_run,
-                    page_size=self.api_page_size,
-                    workers=self.concurrency or 50,
-                    stop_wait=self.stop_wait,
-                    verify_stops=self.once,
-                    deadline_checks=DeadlineMode(self.deadline_checks),
-                ),
-                arbiter=self.cull_arbiter_hook,
-                prober=self._prober(hub),
-                probe_rules=ProbeRules(
-                    busy_timeout=self.busy_timeout,
-                    cpu_threshold=self.cpu_threshold or None,
-                ),
+        one_pass = self.once or self.dry_run
+        try:
+            # Before the start-up checks: the Hub checks that a managed service with a
+            # url answers there, and a probe of /health should not fail while we start.
+            server = None if one_pass else self._start_web(hub, token)
+        except WebError as e:
+            self.log.critical("%s", e)
+            return EXIT_CONFIG
+        try:
+            async with hub:
+                return await self._run(hub, bus)
+        finally:
+            if server is not None:
+                server.stop()
+            if audit is not None:
+                audit.close()
+
+    def _observers(self, bus: EventBus) -> AuditLog | None:
+        """Attach what watches the engine: log lines, the status view and what reads it."""
+        self.status = StatusView()
+        self.history = RecentCulls()
+        self.metrics = Metrics(self.status, [r.name for r in self.ruleset.rules] + ["default"])
+        bus.attach(LogLines(self.log))
+        bus.attach(self.status)
+        bus.attach(self.history)
+        bus.attach(self.metrics)
+        for printer in self._printers(self.status):
+            bus.attach(printer)
+        audit = AuditLog(self.audit_log) if self.audit_log else None
+        if audit is not None:
+            bus.attach(audit)
+        return audit
+
+    async def _run(self, hub: HubClient, bus: EventBus) -> int:
+        try:
+            connection = await preflight(
+                hub, self.ruleset, check_kernels=self.check_kernels, pages=self._pages_on
             )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig, engine)
-            if self.once or self.dry_run:
-                report = await self._bounded(engine.run_pass(), engine)
-                if engine.stopping.is_set():
-                    return EXIT_OK
-                return EXIT_OK if report is not None and report.ok else EXIT_PASS_FAILED
-            return await self._run_forever(engine)
+        except StartupError as e:
+            first, *rest = str(e).splitlines()
+            self.log.critical("%s", first)
+            if rest:
+                print("\n".join(rest), file=sys.stderr)
+            return EXIT_CONFIG
+        self._log_connection(connection)
+        self._log_rules()
+        engine = Engine(
+            hub,
+            self.ruleset,
+            bus.emit,
+            EngineOptions(
+                dry_run=self.dry_run,
+                page_size=self.api_page_size,
+                workers=self.concurrency or 50,
+                stop_wait=self.stop_wait,
+                verify_stops=self.once,
+                deadline_checks=DeadlineMode(self.deadline_checks),
+            ),
+            arbiter=self.cull_arbiter_hook,
+            prober=self._prober(hub),
+            probe_rules=ProbeRules(
+                busy_timeout=self.busy_timeout,
+                cpu_threshold=self.cpu_threshold or None,
+            ),
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig, engine)
+        if self.once or self.dry_run:
+            report = await self._bounded(engine.run_pass(), engine)
+            if engine.stopping.is_set():
+                return EXIT_OK
+            return EXIT_OK if report is not None and report.ok else EXIT_PASS_FAILED
+        return await self._run_forever(engine)
+
+    @property
+    def every(self) -> int:
+        """Seconds between full passes."""
+        return self.cull_every or max(1, self.timeout // 2)
+
+    def _start_web(self, hub: HubClient, token: TokenSource) -> Any:
+        """Serve health, metrics and the pages, when a web URL is configured."""
+        self._pages_on = False
+        if not self.web_url:
+            return None
+        try:
+            from jupyterhub.services.auth import HubAuth, HubOAuth
+        except ImportError:
+            raise WebError(
+                "the web server needs jupyterhub's HubAuth: pip install jupyterhub (it is "
+                "there when hubcull runs in the Hub's image)"
+            ) from None
+
+        from .web import WebContext, load_cookie_secret, make_app, start
+        from .web.auth import Directory
+
+        access = {f"access:services!service={self.service_name}"}
+        common: dict[str, Any] = dict(
+            api_url=hub.api_url, api_token=token.get(), cache_max_age=60, base_url=self.web_prefix
+        )
+        if os.environ.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES"):
+            access = set(json.loads(os.environ["JUPYTERHUB_OAUTH_ACCESS_SCOPES"]))
+        oauth = None
+        if os.environ.get("JUPYTERHUB_CLIENT_ID"):
+            oauth = HubOAuth(access_scopes=access, **common)
+            self._pages_on = True
+        else:
+            self.log.warning(
+                "No page: the Hub gave no OAuth client ($JUPYTERHUB_CLIENT_ID). Declare this "
+                "service with a url in c.JupyterHub.services (or, standalone, with "
+                "oauth_client_id and oauth_redirect_uri, and set the JUPYTERHUB_* variables: "
+                "see the README). Health and metrics are served."
+            )
+        context = WebContext(
+            status=self.status,
+            history=self.history,
+            metrics=self.metrics,
+            rules=self.ruleset,
+            directory=Directory(hub.get_user, self.admin_groups, self.admin_scope),
+            token_auth=HubAuth(access_scopes=access, **common),
+            oauth=oauth,
+            api_token=token.get,
+            clock=utcnow,
+            started=utcnow(),
+            unhealthy_after=self.unhealthy_after or 3 * self.every,
+            authenticate_prometheus=self.authenticate_prometheus,
+            hub_url=os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/hub/",
+        )
+        app = make_app(context, self.web_prefix, load_cookie_secret(self.cookie_secret_file))
+        server = start(app, self.web_url, self.web_ip)
+        prefix = "/" + self.web_prefix.strip("/") + "/" if self.web_prefix.strip("/") else "/"
+        self.log.info(
+            "Serving %shealth, %smetrics%s at %s",
+            prefix,
+            prefix,
+            f" and the page at {prefix}" if oauth is not None else "",
+            self.web_url,
+        )
+        return server
 
     def _printers(self, status: StatusView) -> list[Any]:
         """What prints results on stdout: --dry-run's lines."""
@@ -836,11 +1099,6 @@ class HubCull(IdleCuller):
     def _prober(self, hub: HubClient) -> Prober | None:
         if not self.check_kernels:
             return None
-        if not self.proxy_url:
-            self.log.warning(
-                "--check-kernels without --proxy-url: servers are reached at their full_url, "
-                "which the Hub knows only when JupyterHub.public_url is set"
-            )
 
         async def fetch(url: str) -> tuple[int, bytes]:
             try:
@@ -864,7 +1122,7 @@ class HubCull(IdleCuller):
             )
 
     async def _run_forever(self, engine: Engine) -> int:
-        every = self.cull_every or max(1, self.timeout // 2)
+        every = self.every
         self.log.info(
             "Culling servers idle for %ss%s, a full pass every %ss",
             self.timeout,

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .model import Server, StopOutcome, User
 from .policy import Verdict
+from .rules import ServerRule
 
 
 class PassTrigger(enum.Enum):
@@ -183,11 +184,21 @@ class ServerJudged(Event):
     verdict: Verdict
     # The verdict on the Hub's view alone, when the server's own evidence changed it.
     hub_verdict: Verdict | None = None
+    rule: ServerRule | None = None  # the settings that applied (None: kept before any rule)
 
     @property
     def overruled(self) -> bool:
         """The Hub's view said cull, the server's own evidence said keep."""
         return self.hub_verdict is not None and self.hub_verdict.culls and not self.verdict.culls
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem(Event):
+    """A setting that silently disables a feature: said once, loudly, with its fix, and
+    shown on /health and the admin page until hubcull restarts."""
+
+    key: str  # a short name for the problem (one line per key)
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +245,7 @@ class StopAnswered(Event):
     outcome: StopOutcome
     attempt: int  # 1 for the cull, more for a lost stop sent again
     remove: bool
+    verdict: Verdict | None = None  # the cull's verdict (None for a stop sent again)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,14 +38,16 @@ def scope_granted(needed: str, scopes: frozenset[str], owner: str | None = None)
     return needed in scopes or any(s.startswith(needed + "!") and s != self_only for s in scopes)
 
 
-def required_scopes(rules: RuleSet, check_kernels: bool = False) -> dict[str, str]:
+def required_scopes(
+    rules: RuleSet, check_kernels: bool = False, pages: bool = False
+) -> dict[str, str]:
     """The scopes the configured features need, each with the reason it is needed."""
     needed = {
         "list:users": "list users",
         "read:servers": "see their servers and activity",
         "delete:servers": "stop servers",
     }
-    if rules.cull_users or rules.uses_admin:
+    if rules.cull_users or rules.uses_admin or pages:
         needed["read:users"] = "see users' activity, creation time and admin flag"
     if rules.cull_users:
         needed["delete:users"] = "delete users (--cull-users)"
@@ -69,7 +71,9 @@ def role_snippet(service_name: str, scopes: list[str]) -> str:
     )
 
 
-async def preflight(hub: HubClient, rules: RuleSet, check_kernels: bool = False) -> Connection:
+async def preflight(
+    hub: HubClient, rules: RuleSet, check_kernels: bool = False, pages: bool = False
+) -> Connection:
     """Check reachability, token and scopes before the first pass; fail in words."""
     if not hub.token.present:
         raise StartupError(
@@ -96,7 +100,7 @@ async def preflight(hub: HubClient, rules: RuleSet, check_kernels: bool = False)
         raise StartupError(f"checking the API token failed: {e}") from None
     except HubError as e:
         raise StartupError(str(e)) from None
-    needed = required_scopes(rules, check_kernels)
+    needed = required_scopes(rules, check_kernels, pages)
     owner = me.name if me.kind == "user" else None
     missing = [s for s in needed if not scope_granted(s, me.scopes, owner)]
     if missing:

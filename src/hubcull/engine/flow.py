@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..events import (
     Culling,
@@ -24,7 +25,7 @@ from ..events import (
 from ..hub import HubAPI, HubAPIError
 from ..model import Server, User
 from ..policy import Cause, Verdict, decide_server, decide_user
-from ..rules import RuleSet
+from ..rules import RuleSet, ServerRule
 from ..schedule import USER
 from .arbiter import Arbiter
 from .context import Clock, PassContext
@@ -62,8 +63,8 @@ class UserFlow:
         now = self.clock()
         due: list[tuple[Server, Verdict]] = []
         for server in user.servers.values():
-            v, hub_v = await self._judge(ctx, user, server)
-            ctx.emit(ServerJudged(now, user, server, v, hub_v))
+            v, hub_v, rule = await self._judge(ctx, user, server)
+            ctx.emit(ServerJudged(now, user, server, v, hub_v, rule))
             if v.culls:
                 due.append((server, v))
         stopped = await asyncio.gather(*(self._stop(ctx, user, s, v) for s, v in due))
@@ -80,14 +81,17 @@ class UserFlow:
 
     async def _judge(
         self, ctx: PassContext, user: User, server: Server
-    ) -> tuple[Verdict, Verdict | None]:
-        """The verdict, and the Hub-view verdict when a probe of the server changed it."""
+    ) -> tuple[Verdict, Verdict | None, ServerRule]:
+        """The verdict, the Hub-view verdict when a probe of the server changed it, and the
+        settings that applied."""
         now = self.clock()
+        rule = self.rules.for_server(user, server)
         held = self.stopper.review(ctx, user, server, now)
         if held is not None:
             self.schedule(user.name, server.name, held)
-            return held, None
-        rule = self.rules.for_server(user, server)
+            return replace(held, rule=rule.name), None, rule
+        if self.probes is not None and server.ready:
+            self.probes.check_address(ctx, server)
         judged = server if self.probes is None else self.probes.hub_view(user, server)
         says = (
             None if self.arbiter is None else await self.arbiter.ask(ctx, user, judged, rule, now)
@@ -98,7 +102,7 @@ class UserFlow:
             second = await self.probes.judge(ctx, user, judged, rule, v)
             v, hub_v = second, (None if second is v else v)
         self.schedule(user.name, server.name, v)
-        return v, hub_v
+        return v, hub_v, rule
 
     async def _stop(self, ctx: PassContext, user: User, server: Server, v: Verdict) -> bool:
         if self.dry_run:

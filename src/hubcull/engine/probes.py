@@ -13,13 +13,15 @@ from dataclasses import replace
 from datetime import datetime
 
 from ..activity import (
+    NO_ADDRESS_FIX,
     PROBE_STAMP_SLACK,
+    NoAddress,
     ProbeError,
     ProbeMemory,
     Prober,
     hub_activity_without_our_probes,
 )
-from ..events import ProbeFailed
+from ..events import ConfigProblem, ProbeFailed
 from ..model import Server, User
 from ..policy import Cause, ProbeRules, Verdict, decide_with_evidence
 from ..rules import ServerRule
@@ -34,6 +36,18 @@ class SecondOpinion:
         self._memory: dict[Key, ProbeMemory] = {}
         # (user, server, started): a server that cannot be asked is said once per start.
         self._warned: set[tuple[str, str, datetime | None]] = set()
+        self._no_address_said = False
+
+    def check_address(self, ctx: PassContext, server: Server) -> None:
+        """Every listed server is looked at once: a missing setting that would make every
+        probe fail is reported at the first pass, before any server is due."""
+        if self._no_address_said:
+            return
+        try:
+            self.prober.base_url(server)
+        except NoAddress:
+            self._no_address_said = True
+            ctx.emit(ConfigProblem(self.clock(), "check-kernels-address", NO_ADDRESS_FIX))
 
     def hub_view(self, user: User, server: Server) -> Server:
         """The server as the Hub reports it, minus the activity our own probes caused."""

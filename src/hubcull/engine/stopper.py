@@ -54,7 +54,7 @@ class Stopper:
     async def stop(self, ctx: PassContext, user: User, server: Server, v: Verdict) -> bool:
         """Stop one server; True once it is stopped as far as the Hub says (or gone)."""
         ctx.emit(Culling(self.clock(), user, server, v, dry_run=False))
-        outcome = await self._send(ctx, user.name, server.name, v.action is Action.REMOVE)
+        outcome = await self._send(ctx, user.name, server.name, v.action is Action.REMOVE, v)
         if outcome is None:
             return False
         if outcome is StopOutcome.GONE:
@@ -69,7 +69,7 @@ class Stopper:
         return False
 
     async def _send(
-        self, ctx: PassContext, user: str, server: str, remove: bool
+        self, ctx: PassContext, user: str, server: str, remove: bool, v: Verdict | None = None
     ) -> StopOutcome | None:
         rec = self.ledger.get(user, server)
         attempt = 1 if rec is None else rec.attempts + 1
@@ -80,7 +80,7 @@ class Stopper:
             return None
         if outcome is not StopOutcome.GONE:
             self.ledger.record(user, server, remove, self.clock())
-        ctx.emit(StopAnswered(self.clock(), user, server, outcome, attempt, remove))
+        ctx.emit(StopAnswered(self.clock(), user, server, outcome, attempt, remove, v))
         return outcome
 
     def review(self, ctx: PassContext, user: User, server: Server, now: datetime) -> Verdict | None:

@@ -7,13 +7,16 @@ INFO line naming the server, the reason in words, and the cause in brackets.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from ..events import (
     ArbiterFailed,
     BudgetSettled,
+    ConfigProblem,
     Culling,
     DeadlineCheckFinished,
     DeadlinesBatched,
@@ -42,6 +45,27 @@ from ..events import (
 )
 from ..model import StopOutcome, server_label
 from ..policy import format_duration
+
+
+class JsonFormatter(logging.Formatter):
+    """``--log-format=json``: one JSON object per line (time, level, logger, message, and
+    the traceback when there is one), for Loki and ELK. The secret-redacting filter runs
+    before any formatter, so nothing here can carry a token."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line)
 
 
 def counts(report: PassReport) -> str:
@@ -122,6 +146,7 @@ class LogLines:
                 "The Hub at %s answers again (unreachable for %.0fs)", e.url, e.down_for
             ),
             StopLimitChanged: self.stop_limit,
+            ConfigProblem: lambda e: self.log.error("%s", e.message),
         }
 
     # --- passes ----------------------------------------------------------------------

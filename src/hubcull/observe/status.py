@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from ..events import (
+    ConfigProblem,
     HubDown,
     HubUp,
     PassFinished,
@@ -30,6 +31,7 @@ from ..events import (
 )
 from ..model import StopOutcome
 from ..policy import ActivitySource, Verdict
+from ..rules import ServerRule
 
 Key = tuple[str, str]
 
@@ -49,6 +51,7 @@ class ServerStatus:
     judged_at: datetime
     overruled: bool = False  # the Hub's view said cull; the server's own evidence said keep
     stopping: bool = False  # a stop was answered 202 and is not confirmed yet
+    rule: ServerRule | None = None  # the settings that applied
 
     @property
     def subject(self) -> str:
@@ -76,6 +79,7 @@ class StatusView:
         self.last_success: datetime | None = None  # when the last complete, clean pass ended
         self.hub_down_since: datetime | None = None
         self.stops_lost = 0
+        self.problems: dict[str, str] = {}  # settings that silently disable a feature
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
@@ -90,6 +94,7 @@ class StatusView:
             PassFinished: self._pass_finished,
             HubDown: self._down,
             HubUp: lambda e: setattr(self, "hub_down_since", None),
+            ConfigProblem: lambda e: self.problems.__setitem__(e.key, e.message),
         }
 
     # --- reading -----------------------------------------------------------------
@@ -130,6 +135,7 @@ class StatusView:
             verdict=v,
             judged_at=e.at,
             overruled=e.overruled,
+            rule=e.rule,
         )
 
     def _user_judged(self, e: UserJudged) -> None:

@@ -123,6 +123,11 @@ class Service:
     command: Sequence[str] | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
     token: str = field(default_factory=lambda: secrets.token_hex(16))
+    # Where a managed service with web pages listens (the Hub's proxy routes
+    # /services/<name>/ there), e.g. http://127.0.0.1:10101.
+    url: str | None = None
+    # Scopes a user's login token for the service may carry (beyond identity).
+    oauth_client_allowed_scopes: Sequence[str] = ()
 
 
 class LocalHub:
@@ -215,7 +220,15 @@ class LocalHub:
             entry: dict[str, Any] = {"name": svc.name, "api_token": svc.token}
             if svc.command:
                 entry["command"] = list(svc.command)
-                entry["environment"] = dict(svc.environment)
+                # The Hub replaces a managed service's environment: pass on where Python
+                # finds hubcull (a checkout run with PYTHONPATH) unless the test says.
+                passed = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+                entry["environment"] = {**passed, **svc.environment}
+            if svc.url:
+                entry["url"] = svc.url
+                entry["oauth_no_confirm"] = True
+            if svc.oauth_client_allowed_scopes:
+                entry["oauth_client_allowed_scopes"] = list(svc.oauth_client_allowed_scopes)
             if svc is self.admin:
                 # Only an admin service may create admin users (the scopes alone do not do).
                 entry["admin"] = True
