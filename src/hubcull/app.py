@@ -54,6 +54,7 @@ from .hub import (
 )
 from .limits import AdaptiveGate, AdaptiveLimit
 from .logsafe import RedactSecrets
+from .notify import Command, Notifier, Webhook
 from .observe.audit import AuditLog
 from .observe.dryrun import DryRunPrinter
 from .observe.explain import ExplainPrinter
@@ -64,6 +65,7 @@ from .observe.status import StatusView
 from .policy import MAX_SECONDS, ProbeRules
 from .preflight import Connection, StartupError, preflight
 from .rules import Flags, RuleError, RuleSet, parse_rules
+from .state import StateStore
 from .web import WebError
 
 DEFAULT_API_URL = "http://127.0.0.1:8081/hub/api"
@@ -71,6 +73,8 @@ EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG = 0, 1, 2
 # After SIGTERM, how long requests in flight may take before they are abandoned:
 # well inside the 10 s a Hub (or Kubernetes) gives a service before killing it.
 SHUTDOWN_GRACE = 8.0
+# After a one-pass run, how long its warnings and notices may take to be sent.
+NOTIFY_DRAIN = 30.0
 
 
 # What each numeric option accepts: (lowest, lowest allowed itself?, highest, in words).
@@ -80,6 +84,9 @@ _RANGES: dict[str, tuple[float, bool, float, str]] = {
     "max_age": (0, True, MAX_SECONDS, "0 (off) or a number of seconds"),
     "user_timeout": (0, True, MAX_SECONDS, "0 (the timeout) or a number of seconds"),
     "unhealthy_after": (0, True, MAX_SECONDS, "0 (three times cull_every) or a number of seconds"),
+    "warn_before": (0, True, MAX_SECONDS, "0 (no warnings) or a number of seconds"),
+    "min_warning": (0, True, MAX_SECONDS, "0 or a number of seconds"),
+    "max_keep": (0, True, MAX_SECONDS, "0 (off) or a number of seconds"),
     "api_page_size": (0, True, 1_000_000, "0 (the Hub's default) or a page size"),
     "concurrency": (0, True, 10_000, "0 (no limit) or a positive number"),
     "retries": (0, True, 20, "between 0 and 20"),
@@ -333,6 +340,13 @@ class HubCull(IdleCuller):
     name = "hubcull"
     version = __version__
     _pages_on = False  # the page behind the Hub's login is served
+    _engine: Engine | None = None
+
+    def _reconsider(self, user: str, server: str) -> None:
+        """A keep changed: have the engine look at the server again now."""
+        if self._engine is not None:
+            self._engine.reconsider(user, server)
+
     description = _help(
         """
         Stop idle single-user servers (and, with --cull-users, idle users) through the
@@ -649,6 +663,104 @@ class HubCull(IdleCuller):
         ),
     ).tag(config=True)
 
+    # --- warning people, and letting them keep their servers -------------------------
+
+    warn_before = Int(
+        0,
+        help=_help(
+            """
+            Warn a server's user this many seconds before it is culled, through the
+            notifiers (--notify-webhook, --notify-command), on time: the warning has a
+            deadline of its own, like the cull. Once per idle spell (new activity re-arms
+            it), never twice because hubcull restarted. 0: no warnings. Also a rule
+            setting (warn_before).
+            """
+        ),
+    ).tag(config=True)
+
+    min_warning = Int(
+        60,
+        help=_help(
+            """
+            With warnings on: a server is never culled sooner than this many seconds
+            after its warning, even one first seen closer to its deadline than
+            warn_before (hubcull just started, a rule changed). People always get their
+            warning.
+            """
+        ),
+    ).tag(config=True)
+
+    max_keep = Int(
+        0,
+        help=_help(
+            """
+            The longest, in seconds, a user may keep a server from the moment they ask
+            (on hubcull's page, or POST <prefix>api/keep). A kept server is not culled
+            for idleness until the keep ends; max_age still applies. 0: off. Also a rule
+            setting (max_keep).
+            """
+        ),
+    ).tag(config=True)
+
+    state_file = Unicode(
+        "hubcull-state.sqlite",
+        help=_help(
+            """
+            The SQLite file that remembers warnings sent and keeps across restarts (in
+            the working folder by default). A lost or corrupt file is logged and started
+            anew; it never stops culling. Empty: remember in memory only.
+            """
+        ),
+    ).tag(config=True)
+
+    notify_webhook = Unicode(
+        "",
+        help=_help(
+            """
+            POST a JSON message here to warn a user before a cull ({"event": "warning",
+            "user", "server", "rule", "cull_at", "idle_seconds", "keep_url"}) and after
+            it ({"event": "culled", ..., "reason"}). Retried in the background; never
+            delays a cull. The URL may hold a secret: it is never logged whole.
+            """
+        ),
+    ).tag(config=True)
+
+    notify_command = Unicode(
+        "",
+        help=_help(
+            """
+            Run this command for each warning and cull, with the details in HUBCULL_*
+            environment variables (HUBCULL_EVENT, HUBCULL_USER, HUBCULL_SERVER,
+            HUBCULL_RULE, HUBCULL_CULL_AT, HUBCULL_KEEP_URL, ...) and the same JSON on its
+            standard input. A non-zero exit is logged and retried; it never delays a cull.
+            """
+        ),
+    ).tag(config=True)
+
+    notify_secret_file = Unicode(
+        "",
+        help=_help(
+            """
+            A file holding a shared secret: webhooks then carry an X-Hubcull-Signature
+            header, sha256=<HMAC-SHA256 of the body>, for receivers to check.
+            """
+        ),
+    ).tag(config=True)
+
+    public_url = Unicode(
+        help=_help(
+            """
+            The public address of hubcull's page, for the keep_url of warnings. Default:
+            $JUPYTERHUB_PUBLIC_URL (set for a managed service when the Hub's public_url
+            is set), else the page's path (the web prefix).
+            """
+        ),
+    ).tag(config=True)
+
+    @default("public_url")
+    def _public_url_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_PUBLIC_URL", "")
+
     @default("request_timeout")
     def _request_timeout_default(self) -> float:
         raw = os.environ.get("JUPYTERHUB_REQUEST_TIMEOUT")
@@ -670,6 +782,9 @@ class HubCull(IdleCuller):
         "probe_timeout",
         "user_timeout",
         "unhealthy_after",
+        "warn_before",
+        "min_warning",
+        "max_keep",
     )
     def _check_range(self, proposal: Any) -> Any:
         return _in_range(proposal)
@@ -696,6 +811,14 @@ class HubCull(IdleCuller):
         "cookie-secret-file": "HubCull.cookie_secret_file",
         "audit-log": "HubCull.audit_log",
         "log-format": "HubCull.log_style",
+        "warn-before": "HubCull.warn_before",
+        "min-warning": "HubCull.min_warning",
+        "max-keep": "HubCull.max_keep",
+        "state-file": "HubCull.state_file",
+        "notify-webhook": "HubCull.notify_webhook",
+        "notify-command": "HubCull.notify_command",
+        "notify-secret-file": "HubCull.notify_secret_file",
+        "public-url": "HubCull.public_url",
         "deadline-checks": "HubCull.deadline_checks",
         "user-timeout": "HubCull.user_timeout",
         "log-level": "Application.log_level",
@@ -869,6 +992,9 @@ class HubCull(IdleCuller):
             cull_named_servers=self.cull_named_servers,
             remove_named_servers=self.remove_named_servers,
             user_timeout=self.user_timeout or None,
+            warn_before=self.warn_before,
+            max_keep=self.max_keep,
+            min_warning=self.min_warning,
         )
 
     def build_rules(self) -> RuleSet:
@@ -911,6 +1037,7 @@ class HubCull(IdleCuller):
         bus = EventBus(self.log)
         try:
             audit = self._observers(bus)
+            notifier = self._notifier(bus)
         except OSError as e:
             self.log.critical("cannot open the audit log %s: %s", self.audit_log, e.strerror)
             return EXIT_CONFIG
@@ -922,6 +1049,7 @@ class HubCull(IdleCuller):
                 StopLimitChanged(utcnow(), before, after, rates)
             ),
         )
+        self.metrics.stop_limit.set(gate.limit.limit)  # until its first change
         hub = HubClient(
             self.url,
             token,
@@ -937,26 +1065,41 @@ class HubCull(IdleCuller):
         try:
             # Before the start-up checks: the Hub checks that a managed service with a
             # url answers there, and a probe of /health should not fail while we start.
-            server = None if one_pass else self._start_web(hub, token)
+            server = None if one_pass else self._start_web(hub, token, bus.emit)
         except WebError as e:
             self.log.critical("%s", e)
             return EXIT_CONFIG
+        if notifier is not None:
+            notifier.start()
         try:
             async with hub:
-                return await self._run(hub, bus)
+                code = await self._run(hub, bus)
+                if notifier is not None and one_pass:
+                    await notifier.drain(NOTIFY_DRAIN)  # a one-pass run's notices, sent
+                return code
         finally:
             if server is not None:
                 server.stop()
+            if notifier is not None:
+                await notifier.close()
             if audit is not None:
                 audit.close()
+            self.store.close()
 
     def _observers(self, bus: EventBus) -> AuditLog | None:
         """Attach what watches the engine: log lines, the status view and what reads it."""
         self.status = StatusView()
         self.history = RecentCulls()
-        self.metrics = Metrics(self.status, [r.name for r in self.ruleset.rules] + ["default"])
+        # Warnings sent and keeps, across restarts: a bad file is logged and started anew.
+        self.store = StateStore(self.state_file or None, self.log)
+        self.metrics = Metrics(
+            self.status,
+            [r.name for r in self.ruleset.rules] + ["default"],
+            kept=lambda: len(self.store.keeps),
+        )
         bus.attach(LogLines(self.log))
         bus.attach(self.status)
+        bus.attach(self.store)
         bus.attach(self.history)
         bus.attach(self.metrics)
         for printer in self._printers(self.status):
@@ -965,6 +1108,44 @@ class HubCull(IdleCuller):
         if audit is not None:
             bus.attach(audit)
         return audit
+
+    def _notifier(self, bus: EventBus) -> Notifier | None:
+        """The warnings' and culls' notifiers (--notify-webhook, --notify-command)."""
+        targets: list[Any] = []
+        if self.notify_webhook:
+            self._redactor.add(self.notify_webhook)  # chat webhooks hold their secret
+            secret = None
+            if self.notify_secret_file:
+                try:
+                    with open(self.notify_secret_file, "rb") as f:
+                        secret = f.read().strip()
+                except OSError as e:
+                    raise UsageError(
+                        f"cannot read --notify-secret-file {self.notify_secret_file}: {e.strerror}"
+                    ) from None
+                if not secret:
+                    raise UsageError(f"--notify-secret-file {self.notify_secret_file} is empty")
+                self._redactor.add(secret.decode(errors="replace"))
+            targets.append(Webhook(self.notify_webhook, secret))
+        if self.notify_command:
+            targets.append(Command(self.notify_command))
+        if not targets:
+            if self.warn_before or any(r.settings.warn_before for r in self.ruleset.rules):
+                self.log.warning(
+                    "Warnings are on (warn_before) but no notifier is set "
+                    "(--notify-webhook, --notify-command): nobody will hear of them"
+                )
+            return None
+        notifier = Notifier(targets, bus.emit, utcnow, self._keep_url())
+        bus.attach(notifier)
+        return notifier
+
+    def _keep_url(self) -> str:
+        """Where a warning sends its user to keep the server: the page."""
+        if self.public_url:
+            return self.public_url
+        prefix = self.web_prefix.strip("/")
+        return f"/{prefix}/" if prefix else "/"
 
     async def _run(self, hub: HubClient, bus: EventBus) -> int:
         try:
@@ -997,7 +1178,9 @@ class HubCull(IdleCuller):
                 busy_timeout=self.busy_timeout,
                 cpu_threshold=self.cpu_threshold or None,
             ),
+            marks=self.store,
         )
+        self._engine = engine
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig, engine)
@@ -1013,7 +1196,7 @@ class HubCull(IdleCuller):
         """Seconds between full passes."""
         return self.cull_every or max(1, self.timeout // 2)
 
-    def _start_web(self, hub: HubClient, token: TokenSource) -> Any:
+    def _start_web(self, hub: HubClient, token: TokenSource, bus_emit: Any) -> Any:
         """Serve health, metrics and the pages, when a web URL is configured."""
         self._pages_on = False
         if not self.web_url:
@@ -1028,6 +1211,7 @@ class HubCull(IdleCuller):
 
         from .web import WebContext, load_cookie_secret, make_app, start
         from .web.auth import Directory
+        from .web.keeps import KeepDesk
 
         access = {f"access:services!service={self.service_name}"}
         common: dict[str, Any] = dict(
@@ -1041,10 +1225,11 @@ class HubCull(IdleCuller):
             self._pages_on = True
         else:
             self.log.warning(
-                "No page: the Hub gave no OAuth client ($JUPYTERHUB_CLIENT_ID). Declare this "
-                "service with a url in c.JupyterHub.services (or, standalone, with "
-                "oauth_client_id and oauth_redirect_uri, and set the JUPYTERHUB_* variables: "
-                "see the README). Health and metrics are served."
+                "No page: the Hub gave no OAuth client ($JUPYTERHUB_CLIENT_ID). Give this "
+                "service a url in c.JupyterHub.services (the Hub then makes the client), or, "
+                "standalone, oauth_client_id and oauth_redirect_uri, and set "
+                "JUPYTERHUB_CLIENT_ID and JUPYTERHUB_SERVICE_PREFIX (see docs/deploy.md). "
+                "Health and metrics are served."
             )
         context = WebContext(
             status=self.status,
@@ -1060,6 +1245,10 @@ class HubCull(IdleCuller):
             unhealthy_after=self.unhealthy_after or 3 * self.every,
             authenticate_prometheus=self.authenticate_prometheus,
             hub_url=os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/hub/",
+            store=self.store,
+            keeps=KeepDesk(
+                hub.get_user, self.ruleset, self.store, bus_emit, utcnow, self._reconsider
+            ),
         )
         app = make_app(context, self.web_prefix, load_cookie_secret(self.cookie_secret_file))
         server = start(app, self.web_url, self.web_ip)

@@ -14,6 +14,7 @@ import contextlib
 import re
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -109,6 +110,12 @@ class DemoApp(Application):
             "--check-kernels",
             f"--proxy-url={hub.public_url}",
             f"--cookie-secret-file={workdir / 'hubcull_cookie_secret'}",
+            # Warnings a third of the timeout ahead (see them in the log), and up to ten
+            # minutes of keeping from the page.
+            f"--warn-before={max(1, self.timeout // 3)}",
+            f"--min-warning={max(1, self.timeout // 6)}",
+            "--max-keep=600",
+            f"--state-file={workdir / 'hubcull-state.sqlite'}",
         ]
         hub.services["hubcull"] = Service(
             "hubcull", scopes=CULLER_SCOPES, command=command, url=f"http://127.0.0.1:{port}"
@@ -143,11 +150,14 @@ class DemoApp(Application):
                 f"  log in as '{ADMIN}' (any password) to see every server counting down, the "
                 "recent culls and the rules;"
             )
-            say("  or as 'farah' (any password) to see just farah's server, as a user would.")
+            say(
+                "  or as 'farah' (any password) to see just farah's server counting down, as a "
+                "user would, and keep it with a click."
+            )
             say(
                 "Press Ctrl-C to stop early: the Hub, the proxy and the folder are removed on exit."
             )
-            code = await self._show(hub, stop, ServerSpec)
+            code = await self._show(hub, stop, ServerSpec, workdir / "hubcull-state.sqlite")
             if code == 0 and self.linger > 0 and not stop.is_set():
                 say(
                     f"The Hub and the page stay up {self.linger}s more for you to look "
@@ -162,7 +172,7 @@ class DemoApp(Application):
             shutil.rmtree(workdir, ignore_errors=True)
             say("Done: nothing left running.")
 
-    async def _show(self, hub: Any, stop: asyncio.Event, spec_cls: Any) -> int:
+    async def _show(self, hub: Any, stop: asyncio.Event, spec_cls: Any, state_file: Path) -> int:
         now = datetime.now(timezone.utc)
 
         def spec(user: str, idle: float, busy: bool = False) -> Any:
@@ -204,11 +214,14 @@ class DemoApp(Application):
             running = {u for (u, _s) in await hub.active_servers()}
             seen_running |= running
             culled = (to_cull & seen_running) - running
-            if culled == to_cull and set(ACTIVE) <= running:
+            kept = kept_users(state_file) & to_cull & running  # kept from the page
+            if culled | kept == to_cull and set(ACTIVE) <= running:
                 elapsed = time.monotonic() - start
                 self._say(
-                    f"All {len(to_cull)} idle servers were culled within {elapsed:.0f}s; "
-                    f"the {len(ACTIVE)} servers in use are still running: {', '.join(ACTIVE)}."
+                    f"All {len(to_cull - kept)} idle servers were culled within {elapsed:.0f}s"
+                    + (f" (kept from the page: {', '.join(sorted(kept))})" if kept else "")
+                    + f"; the {len(ACTIVE)} servers in use are still running: "
+                    f"{', '.join(ACTIVE)}."
                 )
                 return 0
             try:
@@ -261,3 +274,14 @@ def jupyter_status(last_activity: datetime, busy: bool) -> dict[str, Any]:
         "api/kernels": kernels if busy else [],
         "api/terminals": [],
     }
+
+
+def kept_users(state_file: Path) -> set[str]:
+    """Users who kept their server from hubcull's page (read from hubcull's state file)."""
+    if not state_file.exists():
+        return set()
+    try:
+        with contextlib.closing(sqlite3.connect(state_file)) as db:
+            return {row[0] for row in db.execute("SELECT user FROM keeps")}
+    except sqlite3.Error:
+        return set()

@@ -210,6 +210,47 @@ class UserJudged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Warned(Event):
+    """A server's user is warned of its cull (sent by the notifiers, in the background)."""
+
+    user: User
+    server: Server
+    verdict: Verdict
+    cull_at: datetime  # the cull the warning announces: no sooner than min_warning after
+
+
+@dataclass(frozen=True, slots=True)
+class KeepChanged(Event):
+    """A user kept a server until a moment (``kept_until`` None: the keep was cancelled)."""
+
+    user: str
+    server: str
+    kept_until: datetime | None
+    by: str  # who asked (the user, or an admin for them)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyFailed(Event):
+    """A message could not be delivered, and will not be retried."""
+
+    notifier: str  # webhook, command
+    kind: str  # warning, culled
+    user: str
+    server: str
+    error: str
+    expired: bool  # a warning whose cull came before it could be sent
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySent(Event):
+    notifier: str
+    kind: str
+    user: str
+    server: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class ArbiterFailed(Event):
     user: str
     server: str

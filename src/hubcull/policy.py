@@ -58,6 +58,8 @@ class Cause(enum.Enum):
     RUNNING = "running"  # a user with servers not confirmed stopped
     ADMIN = "admin"  # admins are spared
     STOPS_LOST = "stops-lost"  # stopped max_attempts times without effect: left to an operator
+    KEPT = "kept"  # its user asked to keep it, until a moment
+    WARNED = "warned"  # due, but its warning came too recently (min_warning)
 
 
 class ActivitySource(enum.Enum):
@@ -101,6 +103,13 @@ class Verdict:
     last_activity: datetime | None = None
     source: ActivitySource = ActivitySource.HUB
     rule: str = "default"  # the operator's rule that applied (rules.py)
+    # When its user is to be warned of the coming cull (None: no warning due, or sent).
+    warn_at: datetime | None = None
+
+    @property
+    def wake_at(self) -> datetime | None:
+        """The next moment this verdict may change by itself: a warning, or the cull."""
+        return _earliest(self.warn_at, self.due_at)
 
     @property
     def culls(self) -> bool:
@@ -128,18 +137,44 @@ def _rule_says(rule: ServerRule | UserRule, what: str, seconds: float) -> str:
     return f"rule {rule.name}: {what} {format_duration(seconds)}"
 
 
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """What hubcull remembers of a server beyond the Hub's record (state.py)."""
+
+    warned_cull_at: datetime | None = None  # the cull the last warning announced
+    warned_at: datetime | None = None
+    kept_until: datetime | None = None  # a user's keep, for this run of the server
+    kept_by: str | None = None
+
+
+NO_MARKS = Marks()
+# A warning announced a cull at a moment; a cull moved later than that (new activity, a
+# keep) is a new idle spell and gets a warning of its own. Less than this is the same.
+SPELL_SLACK = timedelta(seconds=1)
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def decide_server(
     user: User,
     server: Server,
     now: datetime,
     rule: ServerRule,
     arbiter_says_idle: bool | None = None,
+    marks: Marks = NO_MARKS,
 ) -> Verdict:
     """Decide one server under the settings of the rule that applies to it.
 
     ``arbiter_says_idle`` is the answer of a configured ``cull_arbiter_hook``
     (``None`` when there is none): it replaces the plain ``idle >= timeout``
     comparison, exactly as in jupyterhub-idle-culler; ``max_age`` still applies.
+
+    ``marks``: a user's keep holds off a cull for idleness until it ends (never past
+    max_age); with warnings on (``rule.warn_before``), no cull comes sooner than
+    ``rule.min_warning`` after the warning that announced it, and the verdict's
+    ``warn_at`` says when that warning is due.
     """
     subject = user.server_label(server.name)
     # The evidence, as far as the Hub gave it: every verdict carries it (explain and the
@@ -148,9 +183,20 @@ def decide_server(
     inactive = None if ref is None else now - ref
     age = None if server.started is None else now - server.started
 
-    def keep(cause: Cause, reason: str, due_at: datetime | None = None) -> Verdict:
+    def keep(
+        cause: Cause, reason: str, due_at: datetime | None = None, warn_at: datetime | None = None
+    ) -> Verdict:
         return Verdict(
-            Action.KEEP, cause, subject, reason, due_at, inactive, age, ref, rule=rule.name
+            Action.KEEP,
+            cause,
+            subject,
+            reason,
+            due_at,
+            inactive,
+            age,
+            ref,
+            rule=rule.name,
+            warn_at=warn_at,
         )
 
     if server.pending:
@@ -163,7 +209,12 @@ def decide_server(
     if ref is None or inactive is None:
         # Without any time we cannot judge idleness, and max-age needs 'started'.
         return keep(Cause.NO_DATA, "no activity or start time recorded")
+    kept = marks.kept_until if marks.kept_until is not None and marks.kept_until > now else None
     idle_due_at = _deadline(ref, rule.timeout)
+    if kept is not None:
+        # A keep holds off idleness (the arbiter's too) until it ends.
+        arbiter_says_idle = None if arbiter_says_idle is None else False
+        idle_due_at = None if idle_due_at is None else max(idle_due_at, kept)
     age_due_at = (
         _deadline(server.started, rule.max_age)
         if rule.max_age and server.started is not None
@@ -171,34 +222,69 @@ def decide_server(
     )
     action = Action.REMOVE if rule.remove_named else Action.STOP
     idle = format_duration(inactive)
+    kept_words = "" if kept is None else f"; kept until {_when(kept)} by {marks.kept_by}"
 
     def cull(cause: Cause, reason: str, due_at: datetime | None) -> Verdict:
         return Verdict(action, cause, subject, reason, due_at, inactive, age, ref, rule=rule.name)
 
+    # Which cull comes, and when; None when it is not due yet.
+    due: Verdict | None = None
     if arbiter_says_idle is None and idle_due_at is not None and now >= idle_due_at:
-        return cull(
+        due = cull(
             Cause.IDLE,
-            f"idle for {idle} ({_rule_says(rule, 'timeout', rule.timeout)})",
+            f"idle for {idle} ({_rule_says(rule, 'timeout', rule.timeout)}){kept_words}",
             idle_due_at,
         )
-    if arbiter_says_idle:
-        return cull(
+    elif arbiter_says_idle:
+        due = cull(
             Cause.ARBITER, f"idle for {idle}; cull_arbiter_hook said cull (rule {rule.name})", now
         )
-    if age_due_at is not None and now >= age_due_at:
-        return cull(
+    elif age_due_at is not None and now >= age_due_at:
+        due = cull(
             Cause.MAX_AGE,
             f"running for {format_duration(age)} ({_rule_says(rule, 'max-age', rule.max_age)}), "
             f"idle for {idle}",
             age_due_at,
         )
-    # With an arbiter, the idle deadline is the arbiter's to know: only max-age is certain.
-    due_at = _earliest(idle_due_at if arbiter_says_idle is None else None, age_due_at)
+    # With an arbiter, the idle deadline is the arbiter's to know: only a keep's end and
+    # max-age are certain.
+    idle_next = idle_due_at if arbiter_says_idle is None else kept
+    next_due = due.due_at if due is not None else _earliest(idle_next, age_due_at)
+
+    warn_at = None
+    if rule.warn_before and next_due is not None:
+        warned = marks.warned_cull_at is not None and marks.warned_cull_at + SPELL_SLACK >= next_due
+        if warned:
+            assert marks.warned_at is not None
+            earliest = marks.warned_at + timedelta(seconds=rule.min_warning)
+        else:
+            warn_at = next_due - timedelta(seconds=rule.warn_before)
+            earliest = max(warn_at, now) + timedelta(seconds=rule.min_warning)
+        if due is not None and now < earliest:
+            # People always get their warning, and time to act on it.
+            when = "" if warned else "a warning first; "
+            return keep(
+                Cause.WARNED,
+                f"{when}due, but culled no sooner than {format_duration(rule.min_warning)} "
+                f"after its warning: at {_when(earliest)} ({due.reason})",
+                earliest,
+                warn_at,
+            )
+        if due is None:
+            next_due = max(next_due, earliest)
+    if due is not None:
+        return due
+    if kept is not None:
+        reason = f"kept until {_when(kept)} by {marks.kept_by}; idle for {idle}"
+        if next_due is not None and next_due < kept:
+            reason += f"; its max-age comes first, in {format_duration(next_due - now)}"
+        return keep(Cause.KEPT, reason, next_due, warn_at)
     return keep(
         Cause.ACTIVE,
         f"idle for {idle}"
-        + ("" if due_at is None else f", due in {format_duration(due_at - now)}"),
-        due_at,
+        + ("" if next_due is None else f", due in {format_duration(next_due - now)}"),
+        next_due,
+        warn_at,
     )
 
 

@@ -40,7 +40,15 @@ DEFAULT_RULE = "default"
 USER_KEYS = ("users", "groups", "admin")
 SERVER_KEYS = ("server", "named", "profile", "user_options")
 MATCH_KEYS = USER_KEYS + SERVER_KEYS
-SETTING_KEYS = ("timeout", "max_age", "cull", "remove_named", "user_timeout")
+SETTING_KEYS = (
+    "timeout",
+    "max_age",
+    "cull",
+    "remove_named",
+    "user_timeout",
+    "warn_before",
+    "max_keep",
+)
 KEYS = ("name", *MATCH_KEYS, *SETTING_KEYS)
 
 
@@ -63,6 +71,9 @@ class Flags:
     cull_named_servers: bool = True
     remove_named_servers: bool = False
     user_timeout: float | None = None  # seconds before an inactive user is deleted; None: timeout
+    warn_before: float = 0  # seconds before a cull its user is warned; 0: no warnings
+    max_keep: float = 0  # longest a user may keep a server from the moment they ask; 0: off
+    min_warning: float = 60  # with warnings on, a cull comes at least this long after its warning
 
     def __post_init__(self) -> None:
         if not 0 < self.timeout <= MAX_SECONDS:
@@ -159,6 +170,8 @@ class Settings:
     cull: bool | None = None  # False: never culled (an exemption)
     remove_named: bool | None = None
     user_timeout: float | None = None
+    warn_before: float | None = None  # 0: no warnings for these servers
+    max_keep: float | None = None  # 0: these servers cannot be kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +195,9 @@ class ServerRule:
     remove_named: bool = False
     # Why the server is never culled, when cull is False: in words, for the log.
     exempt_reason: str = ""
+    warn_before: float = 0  # seconds before a cull its user is warned; 0: no warning
+    max_keep: float = 0  # longest a user may keep the server, from when they ask; 0: off
+    min_warning: float = 60  # with warnings on, a cull comes at least this long after one
 
     @property
     def exempt_by_rule(self) -> bool:
@@ -274,6 +290,9 @@ class RuleSet:
             remove_named=(s.remove_named if s.remove_named is not None else f.remove_named_servers)
             and not is_default,
             exempt_reason=why,
+            warn_before=s.warn_before if s.warn_before is not None else f.warn_before,
+            max_keep=s.max_keep if s.max_keep is not None else f.max_keep,
+            min_warning=f.min_warning,
         )
 
     def describe(self) -> list[str]:
@@ -299,6 +318,12 @@ class RuleSet:
             parts.append(f"max-age {format_duration(max_age)}")
         if s.remove_named if s.remove_named is not None else f.remove_named_servers:
             parts.append("named servers removed")
+        warn_before = s.warn_before if s.warn_before is not None else f.warn_before
+        if warn_before:
+            parts.append(f"warned {format_duration(warn_before)} before")
+        max_keep = s.max_keep if s.max_keep is not None else f.max_keep
+        if max_keep:
+            parts.append(f"kept up to {format_duration(max_keep)} on request")
         if rule is self.default:
             if not f.cull_default_servers:
                 parts.append("default servers not culled")
@@ -404,6 +429,8 @@ def parse_rule(item: Any, position: int) -> Rule:
         cull=flag("cull"),
         remove_named=flag("remove_named"),
         user_timeout=seconds("user_timeout", zero_ok=False),
+        warn_before=seconds("warn_before", zero_ok=True),
+        max_keep=seconds("max_keep", zero_ok=True),
     )
     _check_can_match(match, label)
     if settings.user_timeout is not None and not match.user_only:

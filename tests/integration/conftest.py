@@ -127,10 +127,10 @@ async def run_hubcull(
 
 
 async def start_hubcull(
-    hub: LocalHub, *args: str, url: str | None = None
+    hub: LocalHub, *args: str, url: str | None = None, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
     """Start the real, long-running ``hubcull`` (DEBUG log); end it with :func:`stop_hubcull`."""
-    argv, env = _command(hub, args, url=url)
+    argv, env = _command(hub, args, url=url, env=env)
     return await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )

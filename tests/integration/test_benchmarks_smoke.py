@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("idle-culler", "hubcull")
 
 
-def run_smoke(name: str, tmp_path: Path, timeout: float = 90) -> dict[str, Any]:
+def run_smoke(name: str, tmp_path: Path, timeout: float = 300) -> dict[str, Any]:
     out = tmp_path / f"{name}.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--smoke", "--out", str(out)],

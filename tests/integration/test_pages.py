@@ -59,7 +59,9 @@ async def site(tmp_path_factory: Any) -> AsyncIterator[Site]:
         f"--config={config}",
         "--timeout=3600",
         "--cull-every=2",
+        "--max-keep=7200",
         f"--cookie-secret-file={folder / 'cookie_secret'}",
+        f"--state-file={folder / 'state.sqlite'}",
     ]
     hub = LocalHub(
         services=[Service(SERVICE, command=command, url=f"http://127.0.0.1:{free_port()}")],
@@ -195,3 +197,47 @@ async def test_the_page_needs_a_login(site: Site) -> None:
         await page.goto(page_url(hub))
         assert "/hub/login" in page.url, "sent to the Hub's login"
     assert_no_secret(hub, hub.log_tail(100_000))
+
+
+async def test_keeping_a_server_from_the_page(site: Site) -> None:
+    hub = site.hub
+    async with chromium() as browser:
+        page = await browser.new_page(DESKTOP)
+        await open_page(page, hub, "bob")
+        card = page.locator("article.card", has_text="Default server")
+        before = await card.locator("time.local").first.get_attribute("datetime")
+        await card.get_by_role("button", name="1 h", exact=True).click()
+        await page.wait_for_selector("p.notice")
+        assert "Kept" in await page.inner_text("p.notice")
+        card = page.locator("article.card", has_text="Default server")
+        text = await card.inner_text()
+        assert text.startswith("Default server") and "Kept until" in text
+        until = await card.locator("time.local").first.get_attribute("datetime")
+        assert until is not None and before is not None and until > before
+        assert await card.get_by_role("button", name="Stop keeping").count() == 1
+        await shot(page, "kept")
+        seen(page).assert_clean()
+
+        # A forged request: bob's login cookie, but no XSRF token.
+        forged = await page.request.post(
+            page_url(hub) + "api/keep", data={"server": "", "seconds": 60}
+        )
+        assert forged.status == 403, await forged.text()
+        forged_form = await page.request.post(
+            page_url(hub) + "keep", form={"server": "", "seconds": "60"}
+        )
+        assert forged_form.status == 403
+
+        admin = await browser.new_page(DESKTOP)
+        await open_page(admin, hub, "root")
+        row = admin.locator("table.servers tr", has_text="bob/")
+        assert "kept until" in await row.inner_text() and "by bob" in await row.inner_text()
+        await shot(admin, "admin-sees-the-keep")
+
+        await card.get_by_role("button", name="Stop keeping").click()
+        await page.wait_for_selector("p.notice")
+        assert "No longer kept" in await page.inner_text("p.notice")
+        assert (
+            "Kept until"
+            not in await page.locator("article.card", has_text="Default server").inner_text()
+        )

@@ -33,6 +33,7 @@ from .context import Clock
 from .cost import ListingCost
 from .deadlines import DeadlineChecker
 from .flow import UserFlow
+from .marks import MarksBook
 from .passes import Passes
 from .probes import SecondOpinion
 from .runner import run_scheduled
@@ -70,6 +71,7 @@ class Engine:
         arbiter: Hook | None = None,
         prober: Prober | None = None,
         probe_rules: ProbeRules | None = None,
+        marks: MarksBook | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self.clock = clock
@@ -108,6 +110,7 @@ class Engine:
             dry_run=options.dry_run,
             probes=probes,
             arbiter=None if arbiter is None else Arbiter(arbiter),
+            marks=marks,
         )
         self.passes = Passes(
             hub,
@@ -120,6 +123,7 @@ class Engine:
             clock,
             self.stopping,
             probes=probes,
+            marks=marks,
             page_size=options.page_size,
             workers=options.workers,
             cull_users=rules.cull_users,
@@ -130,6 +134,10 @@ class Engine:
     async def run_pass(self, trigger: PassTrigger = PassTrigger.ONCE) -> PassReport:
         """One full pass (--once, --dry-run): never beside another."""
         return await self.passes.run(trigger)
+
+    def reconsider(self, user: str, server: str) -> None:
+        """Look at this server again now (its keep changed): a deadline check re-reads it."""
+        self.deadlines.push((user, server), self.clock())
 
     async def run_forever(self, every: float) -> None:
         """Full passes every ``every`` seconds, deadline checks between, until ``stopping``."""

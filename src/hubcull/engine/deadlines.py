@@ -92,12 +92,17 @@ class DeadlineChecker:
     def note(self, user: str, server: str, v: Verdict) -> None:
         """A server was judged: wake at its deadline if that falls before the horizon."""
         key = (user, server)
-        if v.culls or v.due_at is None or self.horizon is None or v.due_at > self.horizon:
+        wake = v.wake_at  # a warning due, or the cull
+        if v.culls or wake is None or self.horizon is None or wake > self.horizon:
             self.queue.discard(key)
             return
+        self.push(key, wake)
+
+    def push(self, key: Key, at: datetime) -> None:
+        """Check this server (or user) at ``at``."""
         first = self.queue.next_due()
-        self.queue.push(key, v.due_at, self.clock())
-        if first is None or v.due_at < first:
+        self.queue.push(key, at, self.clock())
+        if first is None or at < first:
             self.changed.set()
 
     def next_wake(self) -> datetime | None:

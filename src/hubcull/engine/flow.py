@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 
 from ..events import (
     Culling,
@@ -21,14 +22,16 @@ from ..events import (
     UserGone,
     UserJudged,
     UserSpared,
+    Warned,
 )
 from ..hub import HubAPI, HubAPIError
 from ..model import Server, User
-from ..policy import Cause, Verdict, decide_server, decide_user
+from ..policy import NO_MARKS, Cause, Verdict, decide_server, decide_user
 from ..rules import RuleSet, ServerRule
 from ..schedule import USER
 from .arbiter import Arbiter
 from .context import Clock, PassContext
+from .marks import MarksBook
 from .probes import SecondOpinion
 from .stopper import Stopper
 
@@ -48,6 +51,7 @@ class UserFlow:
         dry_run: bool = False,
         probes: SecondOpinion | None = None,
         arbiter: Arbiter | None = None,
+        marks: MarksBook | None = None,
     ) -> None:
         self.hub = hub
         self.rules = rules
@@ -57,6 +61,7 @@ class UserFlow:
         self.dry_run = dry_run
         self.probes = probes
         self.arbiter = arbiter
+        self.marks = marks
 
     async def handle(self, ctx: PassContext, user: User) -> bool:
         """Decide and act on one user; True when something was culled (or would be)."""
@@ -96,13 +101,28 @@ class UserFlow:
         says = (
             None if self.arbiter is None else await self.arbiter.ask(ctx, user, judged, rule, now)
         )
-        v = decide_server(user, judged, now, rule, says)
+        marks = NO_MARKS if self.marks is None else self.marks.marks(user.name, server)
+        v = decide_server(user, judged, now, rule, says, marks)
+        if v.warn_at is not None and v.warn_at <= now and self.marks is not None:
+            v = self._warn(ctx, user, server, v, now)
         hub_v = None
         if self.probes is not None and v.culls and v.cause in (Cause.IDLE, Cause.ARBITER):
             second = await self.probes.judge(ctx, user, judged, rule, v)
             v, hub_v = second, (None if second is v else v)
         self.schedule(user.name, server.name, v)
         return v, hub_v, rule
+
+    def _warn(
+        self, ctx: PassContext, user: User, server: Server, v: Verdict, now: datetime
+    ) -> Verdict:
+        """Warn of the cull at v.due_at (no sooner than min_warning from now), once per
+        idle spell; a dry run decides, and warns nobody."""
+        if self.dry_run or v.due_at is None:
+            return v
+        assert self.marks is not None
+        self.marks.warned(user.name, server.name, v.due_at, now)
+        ctx.emit(Warned(now, user, server, v, v.due_at))
+        return replace(v, warn_at=None)
 
     async def _stop(self, ctx: PassContext, user: User, server: Server, v: Verdict) -> bool:
         if self.dry_run:

@@ -35,6 +35,7 @@ from .context import Clock, PassContext
 from .cost import ListingCost
 from .deadlines import DeadlineChecker
 from .flow import UserFlow
+from .marks import MarksBook
 from .probes import SecondOpinion
 from .stopper import Stopper
 
@@ -66,6 +67,7 @@ class Passes:
         stopping: asyncio.Event,
         *,
         probes: SecondOpinion | None = None,
+        marks: MarksBook | None = None,
         page_size: int = 0,
         workers: int = 10,
         cull_users: bool = False,
@@ -82,6 +84,7 @@ class Passes:
         self.clock = clock
         self.stopping = stopping
         self.probes = probes
+        self.marks = marks
         self.workers = max(1, workers)
         self.cull_users = cull_users
         # With --once there is no next pass to notice a lost stop: check before exiting.
@@ -126,7 +129,7 @@ class Passes:
             if ctx.complete:
                 # What a full listing costs: the yardstick for reading users one by one.
                 self.cost.reads = self.hub.stats.reads - reads_before
-                for part in (self.stopper, self.deadlines, self.probes):
+                for part in (self.stopper, self.deadlines, self.probes, self.marks):
                     if part is not None:
                         part.retain(ctx.seen, ctx.started)
             if self.verify_stops and not self.dry_run:

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import __version__
-from ..events import Culling, StopAnswered, StopLost, UserDeleted
+from ..events import Culling, KeepChanged, StopAnswered, StopLost, UserDeleted
 from ..model import StopOutcome, format_timestamp
 from ..policy import Verdict
 
@@ -91,6 +91,7 @@ class AuditLog:
             Culling: self._dry_run,
             UserDeleted: self._deleted,
             StopLost: self._lost,
+            KeepChanged: self._keep,
         }
 
     def write(self, record: dict[str, Any]) -> None:
@@ -113,6 +114,15 @@ class AuditLog:
 
     def _deleted(self, e: UserDeleted) -> None:
         self.write(audit_line(e.at, e.user.name, None, "delete-user", e.verdict, 204, False))
+
+    def _keep(self, e: KeepChanged) -> None:
+        if e.kept_until is None:
+            action, reason = "keep-cancelled", f"keep cancelled by {e.by}"
+        else:
+            action, reason = "keep", f"kept until {_ts(e.kept_until)} by {e.by}"
+        record = audit_line(e.at, e.user, e.server, action, None, None, False, reason)
+        record["due_at"] = _ts(e.kept_until)
+        self.write(record)
 
     def _lost(self, e: StopLost) -> None:
         what = "left to an operator" if e.exhausted else "sent again"

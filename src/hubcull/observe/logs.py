@@ -25,7 +25,10 @@ from ..events import (
     HubDown,
     HubRequestDone,
     HubUp,
+    KeepChanged,
     ListShifting,
+    NotifyFailed,
+    NotifySent,
     PassAborted,
     PassFinished,
     PassReport,
@@ -42,6 +45,7 @@ from ..events import (
     UserFailed,
     UserJudged,
     UserSpared,
+    Warned,
 )
 from ..model import StopOutcome, server_label
 from ..policy import format_duration
@@ -147,6 +151,23 @@ class LogLines:
             ),
             StopLimitChanged: self.stop_limit,
             ConfigProblem: lambda e: self.log.error("%s", e.message),
+            Warned: lambda e: self.log.info(
+                "Warning %s: culled at %s at the earliest [%s, rule %s]",
+                e.verdict.subject,
+                e.cull_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                e.verdict.cause.value,
+                e.verdict.rule,
+            ),
+            NotifySent: lambda e: self.log.debug(
+                "Notified (%s) %s of %s/%s after %d attempt(s)",
+                e.notifier,
+                e.kind,
+                e.user,
+                e.server,
+                e.attempts,
+            ),
+            NotifyFailed: self.notify_failed,
+            KeepChanged: self.keep_changed,
         }
 
     # --- passes ----------------------------------------------------------------------
@@ -269,6 +290,33 @@ class LogLines:
                 ago,
                 e.attempts,
             )
+
+    def notify_failed(self, e: NotifyFailed) -> None:
+        label = server_label(e.user, e.server)
+        if e.expired:
+            self.log.warning(
+                "The warning for %s could not be sent before its cull (%s: %s): not sending "
+                "it late",
+                label,
+                e.notifier,
+                e.error,
+            )
+        else:
+            self.log.warning(
+                "Could not send the %s notice for %s (%s: %s); given up",
+                e.kind,
+                label,
+                e.notifier,
+                e.error,
+            )
+
+    def keep_changed(self, e: KeepChanged) -> None:
+        label = server_label(e.user, e.server)
+        if e.kept_until is None:
+            self.log.info("%s: keep cancelled by %s", label, e.by)
+        else:
+            when = e.kept_until.strftime("%Y-%m-%d %H:%M:%S UTC")
+            self.log.info("%s: kept until %s by %s", label, when, e.by)
 
     # --- the Hub ---------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ user or server name is never a label: that is what the audit log is for.
 
 from __future__ import annotations
 
-import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,12 +20,15 @@ from .. import __version__
 from ..events import (
     DeadlineCheckFinished,
     HubRequestDone,
+    NotifyFailed,
+    NotifySent,
     PassFinished,
     ProbeFailed,
     StopAnswered,
     StopLimitChanged,
     StopLost,
     UserDeleted,
+    Warned,
 )
 from ..model import StopOutcome
 from .status import StatusView
@@ -43,7 +45,12 @@ def request_outcome(status: int | None) -> str:
 class Metrics:
     """hubcull's Prometheus metrics, fed by the event bus."""
 
-    def __init__(self, status: StatusView, rules: Iterable[str] = ("default",)) -> None:
+    def __init__(
+        self,
+        status: StatusView,
+        rules: Iterable[str] = ("default",),
+        kept: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.culled = Counter(
@@ -107,6 +114,20 @@ class Metrics:
             "--concurrency).",
             registry=r,
         )
+        self.warnings = Counter(
+            "hubcull_warnings",
+            "Warnings of a coming cull (one per server and idle spell), by rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "hubcull_notifications",
+            "Notifications by notifier (webhook, command), kind (warning, culled) and outcome: "
+            "sent, failed (given up after retries) or expired (a warning not sent before "
+            "its cull, so not sent at all).",
+            ["notifier", "kind", "outcome"],
+            registry=r,
+        )
         self.info = Gauge(
             "hubcull_info", "hubcull's version (the value is always 1).", ["version"], registry=r
         )
@@ -117,7 +138,7 @@ class Metrics:
             self.users_deleted.labels(rule=rule)
         for outcome in ("ok", "failed", "incomplete"):
             self.passes.labels(outcome=outcome)
-        r.register(StatusCollector(status))
+        r.register(StatusCollector(status, kept))
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
@@ -129,6 +150,11 @@ class Metrics:
             ProbeFailed: lambda e: self.probe_failures.inc(),
             DeadlineCheckFinished: lambda e: self.deadline_checks.inc(),
             StopLimitChanged: lambda e: self.stop_limit.set(e.after),
+            Warned: lambda e: self.warnings.labels(rule=e.verdict.rule).inc(),
+            NotifySent: lambda e: self.notifications.labels(e.notifier, e.kind, "sent").inc(),
+            NotifyFailed: lambda e: self.notifications.labels(
+                e.notifier, e.kind, "expired" if e.expired else "failed"
+            ).inc(),
         }
 
     def _answered(self, e: StopAnswered) -> None:
@@ -152,9 +178,9 @@ class Metrics:
 class StatusCollector(Collector):
     """Gauges read off the status view at scrape time (never stale, nothing to update)."""
 
-    def __init__(self, status: StatusView, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, status: StatusView, kept: Callable[[], int] = lambda: 0) -> None:
         self.status = status
-        self.clock = clock
+        self.kept = kept
 
     def describe(self) -> list[Any]:
         return list(self._families())
@@ -182,4 +208,9 @@ class StatusCollector(Collector):
             "1 while the Hub answers, 0 once it has not answered for a while.",
             value=1 if self.status.hub_reachable else 0,
         )
-        return [tracked, next_cull, reachable]
+        kept = GaugeMetricFamily(
+            "hubcull_servers_kept",
+            "Servers their users asked to keep (not culled for idleness until the keep ends).",
+            value=self.kept(),
+        )
+        return [tracked, next_cull, reachable, kept]

@@ -80,16 +80,25 @@ def load_cookie_secret(path: str) -> bytes:
 def make_app(context: WebContext, prefix: str, cookie_secret: bytes) -> web.Application:
     # jupyterhub (HubOAuth, HubAuth) is needed only here: a hubcull run from cron without
     # a web server does not need it installed.
-    from .handlers import HealthHandler, MetricsHandler, OAuthCallbackHandler, PageHandler
+    from .handlers import (
+        HealthHandler,
+        KeepAPIHandler,
+        KeepFormHandler,
+        MetricsHandler,
+        OAuthCallbackHandler,
+        PageHandler,
+    )
 
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     routes: list[Any] = [
         (prefix + "health", HealthHandler, {"context": context}),
         (prefix + "metrics", MetricsHandler, {"context": context}),
+        (prefix + "api/keep", KeepAPIHandler, {"context": context}),
     ]
     if context.oauth is not None:
         routes += [
             (prefix + "oauth_callback", OAuthCallbackHandler, {"context": context}),
+            (prefix + "keep", KeepFormHandler, {"context": context}),
             (prefix, PageHandler, {"context": context}),
         ]
     return web.Application(

@@ -11,7 +11,9 @@ from ..observe.history import RecentCulls
 from ..observe.metrics import Metrics
 from ..observe.status import StatusView
 from ..rules import RuleSet
+from ..state import StateStore
 from .auth import Directory
+from .keeps import KeepDesk
 
 if TYPE_CHECKING:
     from jupyterhub.services.auth import HubAuth, HubOAuth
@@ -33,3 +35,5 @@ class WebContext:
     authenticate_prometheus: bool = True
     refresh: int = 30  # seconds between the page's own reloads
     hub_url: str = "/hub/"  # the Hub's home, for a link back
+    store: StateStore | None = None  # warnings sent and keeps asked for
+    keeps: KeepDesk | None = None  # None: no keeping (no state store)

@@ -7,6 +7,7 @@ user_options) is escaped by tornado's templates. No page or answer ever holds a 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -14,9 +15,11 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated,
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
+from ..model import format_timestamp
 from ..observe.health import health
 from .auth import Viewer
 from .context import WebContext
+from .keeps import KeepDesk, KeepError
 from .views import SORTS, rows
 
 CSP = (
@@ -105,8 +108,10 @@ class PageHandler(HubOAuthenticated, Base):
         sort = self.get_argument("sort", "due")
         if sort not in SORTS:
             sort = "due"
-        mine = rows([s for s in c.status.servers.values() if s.user == viewer.name], now)
-        everyone = rows(list(c.status.servers.values()), now, sort) if viewer.admin else []
+        mine = rows(
+            [s for s in c.status.servers.values() if s.user == viewer.name], now, store=c.store
+        )
+        everyone = rows(list(c.status.servers.values()), now, sort, c.store) if viewer.admin else []
         h = health(c.status, now, c.started, c.unhealthy_after)
         self.render(
             "page.html",
@@ -121,6 +126,8 @@ class PageHandler(HubOAuthenticated, Base):
             now=now,
             refresh=c.refresh,
             hub_url=c.hub_url,
+            keeping=c.keeps is not None,
+            notice=self.get_argument("notice", ""),
         )
 
 
@@ -130,3 +137,137 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):
     def initialize(self, context: WebContext) -> None:
         assert context.oauth is not None
         self.hub_auth = context.oauth
+
+
+class KeepBase(HubOAuthenticated, Base):
+    """Who asks to keep a server: a Hub API token (``Authorization: token ...``, a user's
+    own, e.g. from a terminal in their server) or the page's login cookie, whose POSTs
+    must carry the XSRF token. With a token, cookies are never looked at."""
+
+    def initialize(self, context: WebContext) -> None:  # type: ignore[override]
+        super().initialize(context)
+        if context.oauth is not None:
+            self.hub_auth = context.oauth
+
+    def _uses_token(self) -> bool:
+        return bool(self.request.headers.get("Authorization"))
+
+    def check_xsrf_cookie(self) -> None:
+        if self._uses_token():
+            return  # the token is the credential; no cookie will be read
+        if self.web_ctx.oauth is None:
+            raise web.HTTPError(403, "no login here: use a Hub API token")
+        super().check_xsrf_cookie()
+
+    async def viewer(self) -> Viewer:
+        c = self.web_ctx
+        if self._uses_token():
+            auth: Any = c.token_auth
+            auth.api_token = c.api_token()
+            model = await auth.get_user(self, sync=False)
+            if not model or not auth.check_scopes(auth.access_scopes, model):
+                raise web.HTTPError(403, "that token may not use this service")
+            return await c.directory.viewer(model, token_authenticated=True)
+        if c.oauth is None:
+            raise web.HTTPError(403, "no login here: use a Hub API token")
+        c.oauth.api_token = c.api_token()
+        try:
+            model = await c.oauth.get_user(self, sync=False)
+            model = None if model is None else self.check_hub_user(model)
+        except UserNotAllowed:
+            model = None
+        if not model:
+            raise web.HTTPError(403, "log in through the Hub (or use a Hub API token)")
+        return await c.directory.viewer(model)
+
+    def desk(self) -> KeepDesk:
+        if self.web_ctx.keeps is None:
+            raise web.HTTPError(403, "keeping servers is turned off here")
+        return self.web_ctx.keeps
+
+
+class KeepAPIHandler(KeepBase):
+    """``POST <prefix>api/keep`` {"server": "", "seconds": 7200[, "user": ...]} keeps a
+    server; ``DELETE`` cancels the keep. Answers JSON; errors are {"error": "..."}."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        reason = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            reason = exc.log_message
+        self.finish({"error": reason})
+
+    def _body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        return body
+
+    def _target(self, body: dict[str, Any], viewer: Viewer) -> tuple[str, str]:
+        user = body.get("user", self.get_argument("user", viewer.name))
+        server = body.get("server", self.get_argument("server", ""))
+        if not isinstance(user, str) or not isinstance(server, str):
+            raise web.HTTPError(400, "'user' and 'server' must be strings")
+        return user, server
+
+    async def post(self) -> None:
+        viewer = await self.viewer()
+        body = self._body()
+        user, server = self._target(body, viewer)
+        try:
+            result = await self.desk().keep(viewer, user, server, body.get("seconds"))
+        except KeepError as e:
+            raise web.HTTPError(e.status, e.message) from None
+        self.write(_keep_json(result))
+
+    async def delete(self) -> None:
+        viewer = await self.viewer()
+        user, server = self._target(self._body(), viewer)
+        try:
+            result = await self.desk().cancel(viewer, user, server)
+        except KeepError as e:
+            raise web.HTTPError(e.status, e.message) from None
+        self.write(_keep_json(result))
+
+
+class KeepFormHandler(KeepBase):
+    """The page's "Keep for ..." and "Stop keeping" buttons: a form POST, then back."""
+
+    async def post(self) -> None:
+        viewer = await self.viewer()
+        server = self.get_argument("server", "")
+        user = self.get_argument("user", viewer.name)
+        action = self.get_argument("action", "keep")
+        try:
+            if action == "cancel":
+                await self.desk().cancel(viewer, user, server)
+                notice = "cancelled"
+            else:
+                try:
+                    seconds = float(self.get_argument("seconds", ""))
+                except ValueError:
+                    raise KeepError(400, "'seconds' must be a number of seconds") from None
+                result = await self.desk().keep(viewer, user, server, seconds)
+                notice = "capped" if result.capped_by_max_age else "kept"
+        except KeepError as e:
+            self.set_status(e.status)
+            self.render(
+                "error.html", message=e.message, back=self.request.path.rsplit("/", 1)[0] + "/"
+            )
+            return
+        self.redirect(self.request.path.rsplit("/", 1)[0] + f"/?notice={notice}", status=303)
+
+
+def _keep_json(result: Any) -> dict[str, Any]:
+    until = result.kept_until
+    return {
+        "user": result.user,
+        "server": result.server,
+        "kept_until": None if until is None else format_timestamp(until),
+        "capped_by_max_age": result.capped_by_max_age,
+    }

@@ -14,6 +14,8 @@ from datetime import datetime
 from ..model import format_duration, format_timestamp
 from ..observe.status import ServerStatus
 from ..policy import ActivitySource, Cause
+from ..state import StateStore
+from .keeps import choices, label
 
 SORTS = ("due", "user", "idle", "rule")
 
@@ -34,6 +36,9 @@ class ServerRow:
     activity_source: str  # "the Hub" or "the server itself"
     due_at: str | None  # ISO 8601 UTC
     due_in: str  # "in 12m 05s", "now", "never"
+    kept_until: str | None = None  # ISO 8601 UTC, while a keep holds
+    kept_by: str | None = None
+    keep_choices: tuple[tuple[int, str], ...] = ()  # (seconds, "2 h"): the page's buttons
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -57,7 +62,7 @@ def why(s: ServerStatus) -> str:
     return v.reason
 
 
-def server_row(s: ServerStatus, now: datetime) -> ServerRow:
+def server_row(s: ServerStatus, now: datetime, store: StateStore | None = None) -> ServerRow:
     v = s.verdict
     last = s.last_activity
     idle_seconds = None if last is None else max(0.0, (now - last).total_seconds())
@@ -78,6 +83,12 @@ def server_row(s: ServerStatus, now: datetime) -> ServerRow:
         due_in = "now"
     else:
         due_in = "in " + format_duration(due - now)
+    keep = None if store is None else store.keeps.get((s.user, s.server))
+    if keep is not None and (keep.started != s.started or keep.kept_until <= now):
+        keep = None  # a keep of an earlier run of the server, or one that has ended
+    limit = 0.0 if s.rule is None or not s.rule.cull else s.rule.max_keep
+    if keep is not None and state in ("active", "kept"):
+        state, headline = "kept", "Kept"
     return ServerRow(
         user=s.user,
         server=s.server,
@@ -95,13 +106,21 @@ def server_row(s: ServerStatus, now: datetime) -> ServerRow:
         else "the Hub",
         due_at=_iso(due),
         due_in=due_in,
+        kept_until=None if keep is None else _iso(keep.kept_until),
+        kept_by=None if keep is None else keep.kept_by,
+        keep_choices=tuple((c, label(c)) for c in choices(limit)),
     )
 
 
-def rows(statuses: list[ServerStatus], now: datetime, sort: str = "due") -> list[ServerRow]:
+def rows(
+    statuses: list[ServerStatus],
+    now: datetime,
+    sort: str = "due",
+    store: StateStore | None = None,
+) -> list[ServerRow]:
     """Rows, sorted: by when they become due (never last), by user, by idleness (most
     idle first) or by rule."""
-    out = [server_row(s, now) for s in statuses]
+    out = [server_row(s, now, store) for s in statuses]
     far = "9999"
     if sort == "user":
         out.sort(key=lambda r: (r.user, r.server))
