@@ -1107,6 +1107,7 @@ async def test_grafana_dashboard_uses_only_metrics_hubcull_serves(readme_hub: Re
     await wait_until(lambda: healthy(f"{hub.public_url}{PREFIX}health"), 30, "hubcull")
     status, text, _ = await get(f"{hub.public_url}{PREFIX}metrics", await metrics_token(hub))
     assert status == 200, text
+    assert_no_secret(hub, text)
     served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     families = {f.name for f in text_string_to_metric_families(text)}
     assert used <= served, f"not in hubcull's /metrics: {sorted(used - served)}"
