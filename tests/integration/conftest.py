@@ -127,10 +127,14 @@ async def run_hubcull(
 
 
 async def start_hubcull(
-    hub: LocalHub, *args: str, url: str | None = None, env: dict[str, str] | None = None
+    hub: LocalHub,
+    *args: str,
+    url: str | None = None,
+    env: dict[str, str] | None = None,
+    token: str | None = "service",
 ) -> asyncio.subprocess.Process:
     """Start the real, long-running ``hubcull`` (DEBUG log); end it with :func:`stop_hubcull`."""
-    argv, env = _command(hub, args, url=url, env=env)
+    argv, env = _command(hub, args, token=token, url=url, env=env)
     return await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
