@@ -189,6 +189,28 @@ async def test_a_restart_sends_no_second_warning_but_new_activity_rearms(
     assert "Traceback" not in log
 
 
+async def test_a_server_first_seen_near_its_deadline_is_warned_at_once_then_given_time(
+    clean_hub: LocalHub, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Due 2 s after hubcull starts, with warnings 10 s ahead: warned at once, culled no
+    sooner than --min-warning (5 s) after the warning. People always get their warning."""
+    hub = clean_hub
+    await hub.start_servers([ServerSpec("late", last_activity=ago(28))])
+    due = await deadlines(hub, ["late"], 30)
+    args = notify_args(receiver, tmp_path)
+    args = [a for a in args if not a.startswith("--min-warning")] + ["--min-warning=5"]
+    proc = await start_hubcull(hub, *args)
+    try:
+        gone = await watch_culls(hub, ["late"], within=30)
+    finally:
+        log = await stop_hubcull(hub, proc)
+    [(warned_at, _, body)] = receiver.events("warning")
+    assert gone["late"] - warned_at >= 5 - 0.5, "culled min-warning after the warning"
+    assert gone["late"] - due["late"] >= 2, "so later than its deadline"
+    assert abs(parse_timestamp(body["cull_at"]).timestamp() - gone["late"]) <= 2.0
+    assert "Warning late/: culled at " in log
+
+
 async def test_failing_receivers_never_delay_a_cull(clean_hub: LocalHub, tmp_path: Path) -> None:
     """A receiver that answers 500, one that hangs for 60 s, one that refuses connections:
     three hubculls side by side, each culling only its own group (group-filtered scopes)."""
@@ -351,6 +373,7 @@ async def test_keeping_a_server_through_the_api(keep_hub: LocalHub, tmp_path: Pa
         f"--web-url=http://127.0.0.1:{port}",
         f"--state-file={tmp_path / 'state.sqlite'}",
         f"--cookie-secret-file={tmp_path / 'cookie'}",
+        f"--audit-log={tmp_path / 'audit.log'}",
     ]
     proc = await start_hubcull(hub, *args)
     try:
@@ -370,6 +393,18 @@ async def test_keeping_a_server_through_the_api(keep_hub: LocalHub, tmp_path: Pa
         assert status == 404 and "no running server alice/nope" in body["error"]
         status, body = await keep(port, "not-a-token", server="", seconds=5)
         assert status == 403
+        # The keep shows in explain (from the same state file) and in the metrics.
+        explain = await run_hubcull(
+            hub, "explain", "--timeout=12", f"--state-file={tmp_path / 'state.sqlite'}",
+            "--output=json",
+        )  # fmt: skip
+        [row] = [r for r in json.loads(explain.stdout) if r["user"] == "alice"]
+        assert row["cause"] == "kept" and "by alice" in row["reason"], row
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"token {alice}"}
+            ) as resp:
+                assert "hubcull_servers_kept 1.0" in await resp.text()
         # A restart between the keep and its end: the keep holds.
         await stop_hubcull(hub, proc)
         proc = await start_hubcull(hub, *args)
@@ -383,6 +418,10 @@ async def test_keeping_a_server_through_the_api(keep_hub: LocalHub, tmp_path: Pa
     finally:
         log = await stop_hubcull(hub, proc)
     assert "alice/: kept until " in log and " by alice" in log
+    [line] = [
+        json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines() if '"keep"' in x
+    ]
+    assert line["user"] == "alice" and line["reason"].endswith("by alice"), line
 
 
 async def test_a_rule_without_max_keep_refuses_keeps(keep_hub: LocalHub, tmp_path: Path) -> None:
