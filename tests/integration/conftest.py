@@ -142,7 +142,8 @@ async def start_hubcull(
 
 async def stop_hubcull(hub: LocalHub, proc: asyncio.subprocess.Process) -> str:
     """SIGTERM, which must end it with 0; its log (stderr, then stdout), checked for tokens."""
-    proc.send_signal(signal.SIGTERM)
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 15)
     except asyncio.TimeoutError:

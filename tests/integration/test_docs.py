@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,7 +48,7 @@ from hubcull.testing import LocalHub, ServerSpec, Service, free_port
 from hubcull.testing.hub import TOKEN_OWNER
 from testkit.browser import DESKTOP, chromium, hub_login, missing, seen, shot
 
-from .conftest import assert_no_secret, run_hubcull
+from .conftest import assert_no_secret, run_hubcull, stop_hubcull
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -329,23 +328,6 @@ async def spawn(argv: list[str], env: dict[str, str], cwd: Path) -> asyncio.subp
         env=env,
         cwd=str(cwd),
     )
-
-
-async def finish(hub: LocalHub, proc: asyncio.subprocess.Process) -> str:
-    """SIGTERM, which must end hubcull with 0 within 15 s; its output, scanned for tokens."""
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 15)
-    except asyncio.TimeoutError:
-        proc.kill()
-        out, err = await proc.communicate()
-        raise AssertionError(f"hubcull did not exit after SIGTERM:\n{err.decode()}") from None
-    log = err.decode() + out.decode()
-    assert_no_secret(hub, log)
-    assert proc.returncode == 0, log
-    assert "Traceback" not in log, log
-    return log
 
 
 def hubcull_lines(hub: LocalHub) -> str:
@@ -700,7 +682,7 @@ async def test_systemd_unit_runs_standalone(standalone_hub: StandaloneHub) -> No
         assert status == 200 and "Signed in as" in page and "Default server" in page, page
         assert_no_secret(hub, page)
     finally:
-        log = await finish(hub, proc)
+        log = await stop_hubcull(hub, proc)
     assert f"Serving {PREFIX}health, {PREFIX}metrics and the page at {PREFIX}" in log, log
     assert "stop server sleepy/: idle for 2h 00m (rule default: timeout 1h 00m)" in log
     lines = [json.loads(x) for x in sh.paths.local(audit).read_text().splitlines()]
@@ -788,7 +770,7 @@ async def test_docker_run_arguments_run_standalone(standalone_hub: StandaloneHub
         status, _, _ = await get(f"http://127.0.0.1:{port}/")
         assert status == 404, "no page without the Hub's OAuth client"
     finally:
-        log = await finish(hub, proc)
+        log = await stop_hubcull(hub, proc)
     assert "No page: the Hub gave no OAuth client" in log
     assert "Serving /health, /metrics at http://127.0.0.1:" in log
 

@@ -345,16 +345,24 @@ async def user_token(hub: LocalHub, user: str) -> str:
 
 
 async def keep(
-    port: int, token: str, method: str = "POST", **body: Any
+    port: int, token: str, method: str = "POST", wait: bool = False, **body: Any
 ) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.request(
-            method,
-            f"http://127.0.0.1:{port}/api/keep",
-            json=body,
-            headers={"Authorization": f"token {token}"},
-        ) as resp:
-            return resp.status, await resp.json()
+    """One call of the keep API; ``wait``: until hubcull's web server listens (20 s)."""
+    for attempt in range(100 if wait else 1):
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.request(
+                    method,
+                    f"http://127.0.0.1:{port}/api/keep",
+                    json=body,
+                    headers={"Authorization": f"token {token}"},
+                ) as resp:
+                    return resp.status, await resp.json()
+        except aiohttp.ClientConnectionError:
+            if attempt == 99 or not wait:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 async def test_keeping_a_server_through_the_api(keep_hub: LocalHub, tmp_path: Path) -> None:
@@ -377,12 +385,7 @@ async def test_keeping_a_server_through_the_api(keep_hub: LocalHub, tmp_path: Pa
     ]
     proc = await start_hubcull(hub, *args)
     try:
-        for _ in range(100):
-            try:
-                status, body = await keep(port, alice, server="", seconds=16)
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.2)
+        status, body = await keep(port, alice, wait=True, server="", seconds=16)
         assert status == 200, body
         kept_until = parse_timestamp(body["kept_until"]).timestamp()
         assert kept_until > due["alice"] + 8
@@ -437,12 +440,7 @@ async def test_a_rule_without_max_keep_refuses_keeps(keep_hub: LocalHub, tmp_pat
         f"--cookie-secret-file={tmp_path / 'cookie'}",
     )
     try:
-        for _ in range(100):
-            try:
-                status, body = await keep(port, carol, server="", seconds=60)
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.2)
+        status, body = await keep(port, carol, wait=True, server="", seconds=60)
     finally:
         await stop_hubcull(hub, proc)
         await hub.stop_servers([("carol", "")])
