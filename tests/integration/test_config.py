@@ -97,10 +97,12 @@ async def test_cull_arbiter_hook(clean_hub: LocalHub, tmp_path: Path) -> None:
     run = await run_hubcull(hub, "--once", "--timeout=3600")
     assert run.code == 0, run
     assert set(await hub.active_servers()) == {("arb", "")}
-    assert (
-        "stop server arb/scratch: idle for 5m 00s; cull_arbiter_hook said cull (rule default)"
-        in run.stderr
-    )
+    # The seconds are left open: on a loaded machine the pass may judge it a second or two
+    # after the server was started with 5 minutes of idleness.
+    assert re.search(
+        r"stop server arb/scratch: idle for 5m 0\ds; cull_arbiter_hook said cull \(rule default\)",
+        run.stderr,
+    ), run
 
 
 async def test_async_cull_arbiter_hook_sees_the_server_model(
