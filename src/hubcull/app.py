@@ -683,9 +683,7 @@ class HubCull(IdleCuller):
         # limit (see limits.py).
         gate = AdaptiveGate(
             AdaptiveLimit(cap=self.concurrency if self.concurrency > 0 else 50),
-            on_change=lambda before, after, rates: bus.emit(
-                StopLimitChanged(utcnow(), before, after, rates)
-            ),
+            on_change=lambda c: bus.emit(StopLimitChanged(utcnow(), c.before, c.after, c.reading)),
         )
         hub = HubClient(
             self.url,
