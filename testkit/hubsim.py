@@ -18,9 +18,10 @@ milliseconds and every run is reproducible from its seed. The clients:
 
 - :func:`hubcull_cull`: the real :class:`~hubcull.limits.AdaptiveGate` and
   :class:`~hubcull.limits.AdaptiveLimit`, used as hubcull's engine and HubClient use
-  them: pages are read through the gate while ``workers`` users are handled at once,
-  each stop goes through the gate, and a 202 is followed up every second until the
-  server is gone (outside the gate);
+  them: pages are read through the gate while ``workers`` users are handled at once
+  (as many as the cap, as app.py has it), each stop goes through the gate, and a 202
+  is followed up every second until the server is gone (by its worker, outside the
+  gate: a worker following a 202 up sends no stop meanwhile);
 - :func:`plain_cull`: a plain client keeping ``concurrency`` DELETEs in flight, in the
   order hubcull reaches the servers (:func:`walk_order`: where the slowest pods fall
   in that order decides the end of a cull as much as the limit does);
