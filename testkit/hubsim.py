@@ -392,3 +392,46 @@ async def incumbent_cull(hub: SimHub, page_size: int = 50) -> Cull:
     cull.finished = await _until_gone(hub)
     cull.stops = hub.stops(who)
     return cull
+
+
+# --- the regimes of tests/unit/test_limits.py, as a table -----------------------------------
+
+
+def compare(delays: Sequence[float], seed: int, machine: Machine = QUIET, reference: int = 10):
+    """hubcull's time to cull these servers / a plain client's with ``reference`` in flight."""
+    from testkit.vclock import run_virtual
+
+    mine = run_virtual(hubcull_cull(SimHub(delays, machine=machine, seed=seed), seed=seed))
+    theirs = run_virtual(plain_cull(SimHub(delays, machine=machine, seed=seed), reference))
+    return mine.seconds / theirs.seconds
+
+
+def pod_delays(seed: int, n: int = 150, slow: float = 0.0) -> list[float]:
+    """0.5-2.5 s each; with ``slow``, that share take 5-20 s (past slow_stop_timeout)."""
+    rng = random.Random(seed)
+    return [rng.uniform(5, 20) if rng.random() < slow else rng.uniform(0.5, 2.5) for _ in range(n)]
+
+
+def regimes(draws: int) -> dict[str, list[float]]:
+    """hubcull's time / the reference's, draw by draw, in each regime."""
+    out: dict[str, list[float]] = {}
+    for machine, label in ((QUIET, "quiet"), (BUSY, "busy")):
+        out[f"quick stops, / one at a time ({label})"] = [
+            compare([0.0] * 400, s, machine, reference=1) for s in range(draws)
+        ]
+        out[f"pods 0.5-2.5 s, / ten in flight ({label})"] = [
+            compare(pod_delays(s), s, machine) for s in range(draws)
+        ]
+    out["one pod in five 5-20 s (202s), / ten in flight"] = [
+        compare(pod_delays(s, slow=0.2), s) for s in range(draws)
+    ]
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    print(f"| regime ({n} draws) | worst | median |\n|---|---|---|")
+    for name, ratios in regimes(n).items():
+        print(f"| {name} | {max(ratios):.2f}x | {statistics.median(ratios):.2f}x |")

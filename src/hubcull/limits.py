@@ -14,9 +14,9 @@ the Hub's loop kept it queued.
 Little's law turns that delay into what matters: with our requests answered at ``X``
 per second and a queueing delay of ``d`` each, ``X * d`` of them wait in the Hub's
 queue on average (TCP Vegas' estimate of packets queued in the network, with the probe
-in place of the packets' own round trips). The limit keeps that below ``QUEUE``: about
-one of our requests queued at a time, as a culler that sends one quick stop after
-another causes (docs/benchmarks.md gives the figures).
+in place of the packets' own round trips). The limit keeps that at most ``QUEUE``,
+half a request: about what a culler sending one quick stop after another makes the
+Hub hold (docs/benchmarks.md, "Figures the design rests on").
 
 - Quick spawners: the Hub is the bottleneck, one stop already keeps its loop busy,
   and the queue a second one would add rules it out: the limit stays at one.
@@ -29,7 +29,10 @@ To choose a new level the queue is taken to grow with the square of the stops in
 flight (throughput and delay each grow with them while the Hub waits on its pods);
 a Hub that queues grows it faster, and shows it at the next window. Coming down
 needs a queue over ``QUEUE``; going up needs the predicted one under ``CLIMB``, half
-of it: a limit at the edge does not go up and down at every window of noise.
+of it: a limit at the edge does not go up and down at every window of noise. A rise
+that the very next window takes back was let in by noise (a window in which the probes
+happened to find the Hub free): further rises wait a few windows, longer each time,
+unless the Hub gets far freer meanwhile (the pods slowed down).
 
 :class:`AdaptiveLimit` is the pure state machine (no I/O, no clock: times are given);
 :class:`AdaptiveGate` holds the places and runs the probes.
@@ -60,8 +63,8 @@ MAX_HOLD = 64
 class Phase(enum.Enum):
     """Where the limit is in its cycle: rest, settle at a level, measure it, judge it."""
 
-    RESTING = "resting"  # no stop waits for a place: the limit holds nothing back
-    SETTLING = "settling"  # the limit moved or work resumed: waiting for `limit` places taken
+    RESTING = "resting"  # the gate is not full: the limit holds nothing back, no probes
+    SETTLING = "settling"  # the limit moved: waiting for exactly `limit` places taken
     MEASURING = "measuring"  # a window of probes, all sent with `limit` places taken
 
 
@@ -103,15 +106,14 @@ class AdaptiveLimit:
 
     Feed it every probe's round trip with the places taken when it was sent
     (:meth:`probed`), every answer to a request in the gate (:meth:`answered`), and
-    the end of a stretch with nobody waiting (:meth:`rest`).
+    the end of a stretch with the gate full (:meth:`rest`).
 
     Invariant: a window judges exactly one level. It holds only probes sent with
-    ``limit`` places taken while stops waited for more, in one unbroken stretch,
-    and counts the answers of that stretch. It holds because a window starts only in
-    MEASURING, which is entered from SETTLING on the first probe sent at the current
-    limit; every change of the limit, and every rest, discards the window and goes
-    back through SETTLING (after a fall, the stops above the new limit must finish
-    first).
+    ``limit`` places taken, in one unbroken stretch of a full gate, and counts the
+    answers of that stretch. It holds because a window is filled only in MEASURING,
+    which is entered on the first probe sent with ``limit`` places taken; a change
+    of the limit leaves it for SETTLING (after a fall, the stops above the new limit
+    must finish first) and a rest for RESTING, and both discard the window.
     """
 
     def __init__(self, cap: int, floor: int = 1):
@@ -139,13 +141,13 @@ class AdaptiveLimit:
             self._answers += 1
 
     def rest(self) -> None:
-        """Nobody waits for a place any more: the window in progress is void."""
+        """The gate is no longer full: the window in progress is void."""
         self.phase = Phase.RESTING
         self._window = []
 
     def probed(self, rtt: float, places: int, now: float) -> Change | None:
         """A probe came back at ``now`` after ``rtt`` seconds, sent with ``places``
-        taken while stops waited. Returns the change it decided, if any."""
+        taken. Returns the change it decided, if any."""
         self._recent.append(rtt)
         if self.phase is not Phase.MEASURING:
             if places != self.limit:
@@ -214,11 +216,11 @@ class AdaptiveGate:
     """An async semaphore whose size follows an :class:`AdaptiveLimit`.
 
     Stops take places, and so do page reads (a mass cull must not have a page read on
-    top of its stops). While a request waits for a place, the gate probes the Hub
-    with ``ping`` (given by :class:`~hubcull.hub.HubClient`, :meth:`probe_with`) about
-    every PROBE_EVERY seconds, one probe at a time, and feeds the limit. With nobody
-    waiting the limit holds nothing back, and nothing is probed: a stop now and then
-    costs the Hub no extra request.
+    top of its stops). Once a request has had to wait for a place, and as long as the
+    gate stays full, the gate probes the Hub with ``ping`` (given by
+    :class:`~hubcull.hub.HubClient`, :meth:`probe_with`) about every PROBE_EVERY
+    seconds, one probe at a time, and feeds the limit. A stop now and then never waits,
+    and costs the Hub no extra request.
     """
 
     def __init__(
@@ -285,6 +287,7 @@ class AdaptiveGate:
                 await asyncio.sleep(PROBE_EVERY * self._rng.uniform(0.5, 1.5))
                 if not self.full:
                     idle += 1
+                    self.limit.rest()  # a window is one unbroken stretch of a full gate
                     continue
                 idle = 0
                 places = self.in_flight

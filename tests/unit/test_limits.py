@@ -8,7 +8,6 @@ of stop times, for each regime the limit must handle.
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from testkit.hubsim import (
     hubcull_cull,
     incumbent_cull,
     plain_cull,
+    pod_delays,
 )
 from testkit.vclock import run_virtual
 
@@ -338,11 +338,6 @@ def cull(delays: list[float], machine: Machine, seed: int, **kw) -> tuple[Cull, 
     return hubcull, plain
 
 
-def pods(seed: int, n: int = 150, low: float = 0.5, high: float = 2.5) -> list[float]:
-    rng = random.Random(seed)
-    return [rng.uniform(low, high) for _ in range(n)]
-
-
 @pytest.mark.parametrize("machine", [QUIET, BUSY], ids=["quiet", "busy"])
 def test_quick_stops_go_one_at_a_time_at_the_hubs_floor(machine: Machine) -> None:
     ratios, spent = [], Counter[int]()
@@ -384,7 +379,7 @@ def test_quick_stops_keep_other_users_as_fast_as_the_incumbent_does() -> None:
 def test_slow_pods_cull_within_1_3x_of_ten_in_flight_in_every_draw(machine: Machine) -> None:
     ratios = []
     for seed in SEEDS:
-        hubcull, plain = cull(pods(seed), machine, seed)
+        hubcull, plain = cull(pod_delays(seed), machine, seed)
         ratios.append(hubcull.seconds / plain.seconds)
     assert max(ratios) <= 1.3, [round(r, 2) for r in ratios]
 
@@ -392,11 +387,8 @@ def test_slow_pods_cull_within_1_3x_of_ten_in_flight_in_every_draw(machine: Mach
 def test_pods_past_slow_stop_timeout_cull_within_1_3x_and_no_202_is_lost() -> None:
     ratios = []
     for seed in SEEDS:
-        rng = random.Random(seed)
-        # One pod in five takes 5-20 s: the Hub answers 202 after 10 s for those.
-        delays = [
-            rng.uniform(5, 20) if rng.random() < 0.2 else rng.uniform(0.5, 2.5) for _ in range(150)
-        ]
+        # One pod in five takes 5-20 s: the Hub answers 202 after 10 s for most of those.
+        delays = pod_delays(seed, slow=0.2)
         hubcull, plain = cull(delays, QUIET, seed, slow_stop_timeout=10.0)
         slow = sum(d > 10 for d in delays)
         assert hubcull.answered_202 == hubcull.confirmed == slow
