@@ -47,10 +47,11 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 QUEUE = 0.5  # our requests waiting in the Hub's queue, on average, above which we come down
 CLIMB = QUEUE / 2  # ... that a higher level is predicted to stay under, to go up
+FREE = CLIMB / 4  # ... predicted at twice the level: the Hub is far from busy, double again
 WINDOW = 8  # probes per judgment
 BASELINE = 200  # probes over which the lowest round trip is the Hub's idle one
 PROBE_EVERY = 0.1  # seconds between probes, on average (jittered by half either way)
@@ -61,11 +62,11 @@ MAX_HOLD = 64
 
 
 class Phase(enum.Enum):
-    """Where the limit is in its cycle: rest, settle at a level, measure it, judge it."""
+    """How the limit moves at the end of a window."""
 
-    RESTING = "resting"  # the gate is not full: the limit holds nothing back, no probes
-    SETTLING = "settling"  # the limit moved: waiting for exactly `limit` places taken
-    MEASURING = "measuring"  # a window of probes, all sent with `limit` places taken
+    DOUBLING = "doubling"  # the Hub is free: up to twice the level (a cull's start, slow pods)
+    STEPPING = "stepping"  # near the level the Hub takes: one stop more at a time
+    HOLDING = "holding"  # a rise was taken back at once: none for a few windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +83,18 @@ class Reading:
         """Our requests waiting in the Hub's queue on average (Little's law)."""
         return self.answered * self.delay
 
+    def predicted(self, level: int) -> float:
+        """The queue at another level, taken to grow with its square."""
+        return self.queue * (level / self.level) ** 2
+
 
 @dataclass
-class Hold:
-    """Rises held off after one that did not last (a window of noise let it happen)."""
+class Window:
+    """Probes at one level, in one unbroken stretch of a full gate, and its answers."""
 
-    windows: int = 0  # windows left
-    length: int = FIRST_HOLD  # the next hold's length
-    until: float = 0.0  # a queue under this ends it: the Hub (or the pods) changed pace
+    since: float  # when its first probe came back
+    rtts: list[float] = field(default_factory=list)
+    answers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +111,26 @@ class AdaptiveLimit:
 
     Feed it every probe's round trip with the places taken when it was sent
     (:meth:`probed`), every answer to a request in the gate (:meth:`answered`), and
-    the end of a stretch with the gate full (:meth:`rest`).
+    the end of a stretch with the gate full (:meth:`rest`). Each full window of
+    probes is a :class:`Reading`, judged by the phase:
 
-    Invariant: a window judges exactly one level. It holds only probes sent with
-    ``limit`` places taken, in one unbroken stretch of a full gate, and counts the
-    answers of that stretch. It holds because a window is filled only in MEASURING,
-    which is entered on the first probe sent with ``limit`` places taken; a change
-    of the limit leaves it for SETTLING (after a fall, the stops above the new limit
-    must finish first) and a rest for RESTING, and both discard the window.
+    - DOUBLING: up to the highest level, at most twice this one, predicted under
+      CLIMB. Where none is, STEPPING.
+    - STEPPING: one more if predicted under CLIMB; back to DOUBLING if twice this
+      level is predicted under FREE (the pods got slow: the Hub is far from busy).
+    - HOLDING: no rise for ``hold_left`` windows, unless the queue falls under
+      ``hold_until`` (a quarter of what let the failed rise happen: the pace changed);
+      then STEPPING.
+    - In any phase, a queue over QUEUE brings the limit down to where the model puts
+      it back at QUEUE (one step at least), and the phase to STEPPING; or to HOLDING
+      when the window before was a rise's first (the rise was let in by noise).
+
+    Invariant: a reading judges exactly one level. Its window holds only probes sent
+    with ``limit`` places taken, in one unbroken stretch of a full gate, and the
+    answers of that stretch. It holds because a window starts (``_window`` set) only
+    on a probe sent with ``limit`` places taken, and every change of the limit, and
+    every rest, drops it (after a fall, the stops above the new limit must finish
+    before the next one starts).
     """
 
     def __init__(self, cap: int, floor: int = 1):
@@ -123,88 +140,93 @@ class AdaptiveLimit:
         self.floor = max(1, min(floor, cap))
         # Start low and earn more: a Hub that queues never sees a burst of `cap` stops.
         self.limit = self.floor
-        self.phase = Phase.RESTING
+        self.phase = Phase.DOUBLING
+        self.hold_left = 0  # HOLDING: windows left
+        self.hold_until = 0.0  # HOLDING: a queue under this ends it
+        self._hold_next = FIRST_HOLD  # the next hold's length
+        self._trial: Reading | None = None  # the reading that let the last rise in
+        self._window: Window | None = None
         self._recent: deque[float] = deque(maxlen=BASELINE)  # round trips, for the baseline
-        self._window: list[float] = []  # this window's round trips
-        self._since = 0.0  # when the window's first probe came back
-        self._answers = 0  # requests answered since then
-        self._rise: Reading | None = None  # the reading that let the last rise happen
-        self.hold = Hold()
 
     @property
     def baseline(self) -> float | None:
         return min(self._recent) if self._recent else None
 
+    @property
+    def measuring(self) -> bool:
+        return self._window is not None
+
     def answered(self) -> None:
         """A request that held a place was answered."""
-        if self.phase is Phase.MEASURING:
-            self._answers += 1
+        if self._window is not None:
+            self._window.answers += 1
 
     def rest(self) -> None:
         """The gate is no longer full: the window in progress is void."""
-        self.phase = Phase.RESTING
-        self._window = []
+        self._window = None
 
     def probed(self, rtt: float, places: int, now: float) -> Change | None:
         """A probe came back at ``now`` after ``rtt`` seconds, sent with ``places``
         taken. Returns the change it decided, if any."""
         self._recent.append(rtt)
-        if self.phase is not Phase.MEASURING:
-            if places != self.limit:
-                self.phase = Phase.SETTLING  # (after a fall: stops above the limit still out)
-                return None
-            self.phase = Phase.MEASURING
-            self._window, self._since, self._answers = [], now, 0
-        elif places != self.limit:
-            return None  # sent in the instant between an answer and the next grant
-        self._window.append(rtt)
-        if len(self._window) < WINDOW:
+        if places != self.limit:
+            # Sent after a fall, with stops above the limit still out; or in the
+            # instant between an answer and the next grant.
+            return None
+        if self._window is None:
+            self._window = Window(since=now)
+        window = self._window
+        window.rtts.append(rtt)
+        if len(window.rtts) < WINDOW:
             return None
         base = min(self._recent)
         # The largest delay is left out: one probe held up by the machine (the Hub's
         # process waiting for a core) rather than by the Hub's queue must not decide.
-        kept = sorted(self._window)[:-1]
+        kept = sorted(window.rtts)[:-1]
         reading = Reading(
             level=self.limit,
             delay=sum(rtt - base for rtt in kept) / len(kept),
             baseline=base,
-            answered=self._answers / (now - self._since) if now > self._since else 0.0,
+            answered=window.answers / (now - window.since) if now > window.since else 0.0,
         )
-        self._window, self._since, self._answers = [], now, 0
+        self._window = Window(since=now)
         after = self._judge(reading)
         if after == self.limit:
             return None
+        self._window = None
         change = Change(self.limit, after, reading)
         self.limit = after
-        self.phase = Phase.SETTLING
         return change
 
     def _judge(self, r: Reading) -> int:
-        """The level for the next window."""
-        n, queue = r.level, r.queue
-        rise, self._rise = self._rise, None
-        hold = self.hold
-        if queue > QUEUE:
-            if rise is not None:
-                # The last rise did not last: it came from a window of noise, most
-                # likely. Hold the next ones off, longer each time in a row.
-                hold.windows = hold.length
-                hold.length = min(MAX_HOLD, 2 * hold.length)
-                hold.until = rise.queue / 4
-            # Down to where the model puts the queue back at QUEUE, one step at least.
-            return max(self.floor, min(n - 1, int(n * math.sqrt(QUEUE / queue))))
-        if rise is not None:
-            hold.length = FIRST_HOLD  # the rise lasted
-        if hold.windows:
-            if queue >= hold.until:
-                hold.windows -= 1
+        """The level for the next window (and the phase)."""
+        n = r.level
+        trial, self._trial = self._trial, None
+        if r.queue > QUEUE:
+            if trial is not None:
+                # The rise did not last a window: noise let it in, most likely. Hold
+                # the next ones off, longer each time in a row.
+                self.phase = Phase.HOLDING
+                self.hold_left, self.hold_until = self._hold_next, trial.queue / 4
+                self._hold_next = min(MAX_HOLD, 2 * self._hold_next)
+            elif self.phase is not Phase.HOLDING:
+                self.phase = Phase.STEPPING
+            return max(self.floor, min(n - 1, int(n * math.sqrt(QUEUE / r.queue))))
+        if trial is not None:
+            self._hold_next = FIRST_HOLD  # the rise lasted
+        if self.phase is Phase.HOLDING:
+            self.hold_left -= 1
+            if r.queue >= self.hold_until and self.hold_left > 0:
                 return n
-            hold.windows = 0  # far freer than when the rise failed: the pace changed
-        # Up to the highest level, at most twice this one, predicted under CLIMB.
-        fits = [m for m in range(n + 1, min(self.cap, 2 * n) + 1) if queue * (m / n) ** 2 <= CLIMB]
-        after = max(fits, default=n)
+            self.phase = Phase.STEPPING
+        if self.phase is Phase.STEPPING and r.predicted(min(self.cap, 2 * n)) <= FREE:
+            self.phase = Phase.DOUBLING
+        top = min(self.cap, 2 * n if self.phase is Phase.DOUBLING else n + 1)
+        after = max((m for m in range(n + 1, top + 1) if r.predicted(m) <= CLIMB), default=n)
         if after > n:
-            self._rise = r
+            self._trial = r
+        elif self.phase is Phase.DOUBLING and n < self.cap:
+            self.phase = Phase.STEPPING
         return after
 
 
