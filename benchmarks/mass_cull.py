@@ -16,6 +16,18 @@ Time to cull = from the start of the phase's first request (the culler's first
 ``GET /users``, or the first DELETE) to the end of its last DELETE, from the Hub's log.
 Each round runs the phases in a different order.
 
+The targets (issue 14), each reported as met or not:
+
+- hubcull's time to cull all within 1.1x of the Hub's floor (plain DELETEs, one at
+  a time);
+- the bystander's p50 and p99 during hubcull's cull within 1.2x of the incumbent's;
+- and within 1.2x of the idle Hub's p50 plus the cost of one request in flight: the
+  Hub's own time on one stop when nothing else of the culler's is in flight (the
+  median duration it logged for the floor's stops at concurrency 1).
+
+The stops in flight over time of each tool in the first round are plotted
+(docs/img/mass_cull.png).
+
     .venv/bin/python benchmarks/mass_cull.py [--smoke]
 """
 
@@ -37,24 +49,29 @@ from harness import (
     IDLE_AGO,
     INCUMBENT,
     LABELS,
+    ROOT,
     CullerProcess,
     HubLog,
     LatencyProbe,
     bench_hub,
     count_kinds,
     dist,
+    finish,
     fmt,
     fmt_ratio,
     in_flight,
+    logs_dir,
+    machine,
     md_table,
     median,
     note,
+    parse_args,
     ratio,
-    run_benchmark,
     start_servers,
 )
 
 from hubcull.testing import LocalHub, ServerSpec, Service, server_path
+from testkit.overlap import count_over_time
 
 NAME = "mass_cull"
 SCOPES = ["list:users", "read:servers", "delete:servers"]
@@ -192,6 +209,14 @@ async def phase(
         "stops_per_s": round(len(stops) / max(1e-9, last - first), 1),
         "requests": count_kinds(mine),
         "stops_in_flight": in_flight([r for r in mine if r.kind == "stop"]),
+        # The Hub's own time on each stop (its log), and the stops in flight over time.
+        "stop_ms": dist([r.ms for r in mine if r.kind == "stop"]),
+        "timeline": [
+            (round(t, 2), round(n, 2))
+            for t, n in count_over_time(
+                ((r.start, r.end) for r in mine if r.kind == "stop"), first, last, 0.5
+            )
+        ],
         "hub_cpu_s": round(cpu1 - cpu0, 2),
         "latency_ms": dist(latency),
         **extra,
@@ -229,17 +254,17 @@ def round_order(phases: Sequence[str], rnd: int) -> list[str]:
 
 @asynccontextmanager
 async def culling_hub(
-    batches: Mapping[str, Sequence[str]], logs: Path
+    batches: Mapping[str, Sequence[str]], logs: Path, **hub_options: Any
 ) -> AsyncIterator[tuple[LocalHub, HubLog, LatencyProbe]]:
-    """A Hub with both cullers, the plain client and the bystander as services, every
-    batch's users created, and the bystander polling."""
+    """A Hub (``hub_options`` for LocalHub) with both cullers, the plain client and the
+    bystander as services, every batch's users created, and the bystander polling."""
     services = [
         Service(INCUMBENT, scopes=SCOPES),
         Service(HUBCULL, scopes=SCOPES),
         Service(FLOOR, scopes=["delete:servers"]),
         Service(BYSTANDER, scopes=["read:users"]),
     ]
-    async with bench_hub(services, keep_log=logs / "hub.log") as hub:
+    async with bench_hub(services, keep_log=logs / "hub.log", **hub_options) as hub:
         await hub.create_users(["bystander"])
         # Interleaved ids: every batch spreads over the same range of the user list.
         await hub.create_users([u for group in zip(*batches.values(), strict=True) for u in group])
@@ -289,7 +314,36 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "hub_cpu_per_1000_stops": median(
                 [1000 * r["hub_cpu_s"] / r["stopped"] for r in mine if r.get("stopped")]
             ),
+            "stop_ms_p50_median": median(
+                [r["stop_ms"]["p50"] for r in mine if r.get("stop_ms", {}).get("p50")]
+            ),
         }
+    return out
+
+
+def targets(s: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, float | None, float | None]]:
+    """(target, hubcull's figure, its bound) for each of the issue's targets."""
+    inc, hc, f1, idle = s["idle-culler"], s["hubcull"], s["floor-1"], s["idle"]
+    one = f1["stop_ms_p50_median"]  # the Hub's time on one stop, nothing else in flight
+    idle_plus_one = None if one is None else idle["latency_p50_median"] + one
+    out: list[tuple[str, float | None, float | None]] = [
+        (
+            "time to cull all, / Hub floor at concurrency 1",
+            ratio(hc["seconds_median"], f1["seconds_median"]),
+            1.1,
+        ),
+    ]
+    for q in ("p50", "p99"):
+        mine, theirs = hc[f"latency_{q}_median"], inc[f"latency_{q}_median"]
+        out.append((f"bystander {q}, / the incumbent's", ratio(mine, theirs), 1.2))
+    for q in ("p50", "p99"):
+        out.append(
+            (
+                f"bystander {q}, / (idle p50 + one stop's Hub time)",
+                ratio(hc[f"latency_{q}_median"], idle_plus_one),
+                1.2,
+            )
+        )
     return out
 
 
@@ -346,6 +400,24 @@ def tables(data: dict[str, Any]) -> str:
                 "-" if name == "idle" else fmt(x["hub_cpu_per_1000_stops"], ".1f", " s"),
             ]
         )
+    checks = md_table(
+        ["target (issue 14)", "hubcull", "bound", ""],
+        [
+            [what, fmt_ratio(value), f"{bound}x", met(value, bound)]
+            for what, value, bound in targets(s)
+        ],
+    )
+    inc_checks = ", ".join(
+        f"{q} {fmt_ratio(ratio(inc[f'latency_{q}_median'], idle['latency_p50_median'] + one))}"
+        for q in ("p50", "p99")
+        if (one := f1["stop_ms_p50_median"]) is not None
+    )
+    checks += (
+        f"\n\nOne stop's Hub time (the floor's stops at concurrency 1, median of what the Hub "
+        f"logged): {fmt(f1['stop_ms_p50_median'], '.1f', ' ms')}; idle p50 "
+        f"{fmt(idle['latency_p50_median'], '.1f', ' ms')}. The incumbent against the same "
+        f"bound: {inc_checks or '-'}."
+    )
     detail = md_table(
         [
             f"phase ({data['sizes'].servers} due servers)",
@@ -358,11 +430,59 @@ def tables(data: dict[str, Any]) -> str:
         ],
         rows,
     )
-    return ratios + "\n\n" + detail
+    return ratios + "\n\n" + checks + "\n\n" + detail
+
+
+def met(value: float | None, bound: float) -> str:
+    if value is None:
+        return "-"
+    return "met" if value <= bound else "**not met**"
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Stops in flight over time, each tool's phase in the first round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = [r for r in data["phases"] if r.get("round") == 0 and r.get("timeline")]
+    fig, axes = plt.subplots(len(first), 1, figsize=(9, 2.2 * len(first)), squeeze=False)
+    for ax, r in zip(axes[:, 0], first, strict=True):
+        xs = [t for t, _ in r["timeline"]]
+        ys = [n for _, n in r["timeline"]]
+        ax.step(xs, ys, where="post", linewidth=1.0, color="#1f77b4")
+        mean = r["stops_in_flight"]["mean"]
+        ax.set_title(f"{LABEL[r['phase']]}: {mean} stops in flight on average", fontsize=10)
+        ax.set_ylabel("in flight")
+        ax.set_ylim(0, max(2.5, max(ys, default=0) * 1.1))
+        ax.grid(True, alpha=0.3)
+    axes[-1, 0].set_xlabel("seconds since the phase's first request (Hub's log, 0.5 s bins)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
-    run_benchmark(NAME, __doc__, FULL, SMOKE, main_async, tables)
+    args = parse_args(NAME, __doc__)
+    logs = logs_dir(NAME, args.smoke)
+    info = machine()
+    t0 = time.monotonic()
+    data = asyncio.run(main_async(SMOKE if args.smoke else FULL, logs))
+    png = (logs / f"{NAME}.png") if args.smoke else ROOT / "docs" / "img" / f"{NAME}.png"
+    plot(data, png)
+    data["plot"] = str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png)
+    data["targets"] = [
+        {
+            "target": what,
+            "value": value,
+            "bound": bound,
+            "met": value is not None and value <= bound,
+        }
+        for what, value, bound in targets(data["summary"])
+    ]
+    finish(NAME, args, info, time.monotonic() - t0, tables(data), data, where=f"plot {png}; ")
 
 
 if __name__ == "__main__":

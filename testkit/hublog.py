@@ -8,7 +8,7 @@ each kind, and how many were in the Hub's hands at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +24,17 @@ _ACCESS = re.compile(
     r"(?P<status>\d{3}) (?P<method>[A-Z]+) (?P<uri>\S+) "
     r"\((?:(?P<who>[^@()\s]*)@)?[^()]*\) (?P<ms>[\d.]+)ms$"
 )
+
+
+# The Hub's word that a server is gone (also for a stop it answered 202 long before).
+_STOPPED = re.compile(
+    r"^\[[A-Z] (?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) JupyterHub [a-z]+:\d+\] "
+    r"User (?P<user>\S+) server took (?P<s>[\d.]+) seconds to stop$"
+)
+
+
+def _when(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +84,8 @@ def parse_access_line(line: str) -> HubRequest | None:
     m = _ACCESS.match(line)
     if m is None:
         return None
-    when = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
     return HubRequest(
-        end=when,
+        end=_when(m["when"]),
         ms=float(m["ms"]),
         status=int(m["status"]),
         method=m["method"],
@@ -92,6 +102,7 @@ class HubLog:
         self._offset = 0
         self._partial = b""
         self.requests: list[HubRequest] = []
+        self.stopped: list[tuple[float, str]] = []  # (when, user): a server gone
 
     def refresh(self) -> list[HubRequest]:
         try:
@@ -105,12 +116,28 @@ class HubLog:
         lines = data.split(b"\n")
         self._partial = lines.pop()
         for raw in lines:
+            if b" seconds to stop" in raw:
+                m = _STOPPED.match(raw.decode(errors="replace").rstrip("\r"))
+                if m is not None:
+                    self.stopped.append((_when(m["when"]), m["user"]))
+                continue
             if b" JupyterHub log:" not in raw:
                 continue
             req = parse_access_line(raw.decode(errors="replace").rstrip("\r"))
             if req is not None:
                 self.requests.append(req)
         return self.requests
+
+    def gone(self, users: Iterable[str], since: float) -> dict[str, float]:
+        """user -> when the Hub said their server was gone, for these users, since a
+        wall-clock moment."""
+        wanted = set(users)
+        self.refresh()
+        out: dict[str, float] = {}
+        for when, user in self.stopped:
+            if when >= since and user in wanted:
+                out.setdefault(user, when)
+        return out
 
     def mark(self) -> int:
         """An index into :attr:`requests`: pass it as ``since`` to look only at what follows."""

@@ -21,3 +21,20 @@ def time_at_each_count(intervals: Iterable[tuple[float, float]]) -> Counter[int]
             spent[now] += t - last
         now, last = now + step, t
     return spent
+
+
+def count_over_time(
+    intervals: Iterable[tuple[float, float]], start: float, end: float, step: float
+) -> list[tuple[float, float]]:
+    """The mean number of the intervals open in each ``step`` from ``start`` to ``end``:
+    ``(bin's start - start, mean count)``, for plots and levels over time."""
+    bins = max(1, round((end - start) / step))
+    spent = [0.0] * bins
+    for a, b in intervals:
+        a, b = max(a, start), min(b, start + bins * step)
+        i = int((a - start) // step)
+        while a < b and i < bins:
+            edge = start + (i + 1) * step
+            spent[i] += min(b, edge) - a
+            a, i = edge, i + 1
+    return [(i * step, v / step) for i, v in enumerate(spent)]

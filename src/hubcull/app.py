@@ -1045,9 +1045,7 @@ class HubCull(IdleCuller):
         # limit (see limits.py).
         gate = AdaptiveGate(
             AdaptiveLimit(cap=self.concurrency if self.concurrency > 0 else 50),
-            on_change=lambda before, after, rates: bus.emit(
-                StopLimitChanged(utcnow(), before, after, rates)
-            ),
+            on_change=lambda c: bus.emit(StopLimitChanged(utcnow(), c.before, c.after, c.reading)),
         )
         self.metrics.stop_limit.set(gate.limit.limit)  # until its first change
         hub = HubClient(

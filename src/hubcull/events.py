@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from .limits import Reading
 from .model import Server, StopOutcome, User
 from .policy import Verdict
 from .rules import ServerRule
@@ -392,9 +393,11 @@ class HubUp(Event):
 
 @dataclass(frozen=True, slots=True)
 class StopLimitChanged(Event):
+    """The stop limit moved (limits.py), on what a window of probes of the Hub said."""
+
     before: int
     after: int
-    rates: Mapping[int, float]  # stops per second measured at each level
+    reading: Reading
 
 
 # --- the bus -----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from yarl import URL
 
 from . import __version__
 from .events import Emit, Event, HubDown, HubRequestDone, HubUp
-from .limits import AdaptiveGate, Slot
+from .limits import AdaptiveGate
 from .model import StopOutcome
 
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
@@ -222,7 +222,8 @@ def _hub_message(body: bytes) -> str:
     return ""
 
 
-NOT_READS = frozenset({"stop", "delete-user", "probe"})
+# A ping is the stop limit's probe of the Hub's loop (limits.py): part of stopping.
+NOT_READS = frozenset({"stop", "delete-user", "probe", "ping"})
 
 
 def server_path(user: str, name: str = "") -> str:
@@ -244,7 +245,8 @@ class RequestStats:
     @property
     def reads(self) -> int:
         """Requests that only read the Hub: what a read budget pays for. Stops and
-        deletions are the same for every culler; probes go to single-user servers."""
+        deletions (and the pings that pace the stops) are the same for every culler;
+        probes go to single-user servers."""
         return sum(n for kind, n in self.by_kind.items() if kind not in NOT_READS)
 
 
@@ -271,8 +273,9 @@ class HubClient:
     """An authenticated, concurrency-limited session with the Hub's REST API.
 
     ``stop_gate`` (see limits.py) bounds the stops, and the page reads beside them,
-    in flight; without one only ``concurrency`` does. ``emit`` receives the client's
-    events: each request attempt, and the Hub going away and coming back.
+    in flight, and times the Hub with :meth:`ping` while stops wait for it; without
+    one only ``concurrency`` does. ``emit`` receives the client's events: each request
+    attempt, and the Hub going away and coming back.
     """
 
     def __init__(
@@ -296,6 +299,8 @@ class HubClient:
         self._session: aiohttp.ClientSession | None = None
         self.stats = RequestStats()
         self.stop_gate = stop_gate
+        if stop_gate is not None:
+            stop_gate.probe_with(self.ping)
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()
         self._emit = emit
@@ -331,6 +336,8 @@ class HubClient:
         return self._session
 
     async def close(self) -> None:
+        if self.stop_gate is not None:
+            await self.stop_gate.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -342,13 +349,13 @@ class HubClient:
         return url
 
     @asynccontextmanager
-    async def _stop_place(self, measured: bool = True) -> AsyncIterator[Slot | None]:
+    async def _stop_place(self) -> AsyncIterator[None]:
         """A place among the stops in flight (none to take without a stop gate)."""
         if self.stop_gate is None:
-            yield None
+            yield
             return
-        async with self.stop_gate.place(measured=measured) as slot:
-            yield slot
+        async with self.stop_gate.place():
+            yield
 
     async def request(
         self,
@@ -360,7 +367,6 @@ class HubClient:
         auth: bool = True,
         accept: str = "application/json",
         kind: str | None = None,
-        timings: list[float] | None = None,
     ) -> tuple[int, bytes]:
         """One logical request, retried on transport errors, 5xx and 429.
 
@@ -375,7 +381,7 @@ class HubClient:
             start = time.monotonic()
             try:
                 status, payload, retry_after = await self._send(
-                    method, path, params, body, auth, accept, kind, shown, timings
+                    method, path, params, body, auth, accept, kind, shown
                 )
             except HubUnreachable as e:
                 exhausted = attempt >= self.retry.retries
@@ -430,7 +436,6 @@ class HubClient:
         accept: str,
         kind: str,
         shown: str,
-        timings: list[float] | None = None,
     ) -> tuple[int, bytes, float | None]:
         """One attempt: (status, body, Retry-After seconds or None), or HubUnreachable."""
         url = self.url(path, params)
@@ -442,7 +447,7 @@ class HubClient:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         self.stats.by_kind[kind] += 1
-        status, payload, resp_headers, roundtrip = await self._exchange(
+        status, payload, resp_headers, _ = await self._exchange(
             method,
             url,
             headers=headers,
@@ -451,8 +456,6 @@ class HubClient:
             target=self.api_url,
             timeout_message=f"{method} {shown} timed out after {self.request_timeout:g}s",
         )
-        if timings is not None:
-            timings.append(roundtrip)
         return status, payload, _retry_after(resp_headers.get("Retry-After"))
 
     async def _exchange(
@@ -570,6 +573,30 @@ class HubClient:
             raise BadResponse(f"{self.api_url}/ does not look like a JupyterHub API")
         return data["version"]
 
+    async def ping(self) -> float | None:
+        """The round trip of ``GET /`` (the version: no token, no database), in seconds,
+        or None without an answer: how long the Hub's loop kept a request that costs it
+        next to nothing. The stop limit's probe (limits.py). Not retried, and not a read."""
+        status: int | None = None
+        cause: str | None = None
+        start = time.monotonic()
+        self.stats.by_kind["ping"] += 1
+        try:
+            status, _, _, roundtrip = await self._exchange(
+                "GET",
+                self.url("/"),
+                headers={"Accept": "application/json"},
+                timeout=self.request_timeout,
+                target=self.api_url,
+                timeout_message=f"GET / timed out after {self.request_timeout:g}s",
+            )
+        except HubUnreachable as e:
+            cause = e.cause
+            return None
+        finally:
+            self._report("GET", "/", "ping", status, start, None, cause)
+        return roundtrip if status == 200 else None
+
     async def identity(self) -> Identity:
         """Who the token belongs to, with its expanded scopes (``GET /user``)."""
         data = await self.get_json("/user", kind="identity")
@@ -590,7 +617,7 @@ class HubClient:
         # A page holds the Hub's event loop as long as several stops do: it takes a
         # place among the stops in flight, so a mass cull never has a page read on top
         # of its stops (everyone else's requests would wait behind both).
-        async with self._stop_place(measured=False):
+        async with self._stop_place():
             data = await self.get_json(
                 "/users", params=params, accept=PAGINATION_MEDIA_TYPE, kind="list"
             )
@@ -620,13 +647,9 @@ class HubClient:
     async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome:
         """Stop a server, within the adaptive stop limit (see limits.py)."""
         path = server_path(user, server)
-        async with self._stop_place() as slot:
+        async with self._stop_place():
             status, _ = await self.request(
-                "DELETE",
-                path,
-                body={"remove": True} if remove else None,
-                kind="stop",
-                timings=None if slot is None else slot.timings,
+                "DELETE", path, body={"remove": True} if remove else None, kind="stop"
             )
         if status == 404:
             return StopOutcome.GONE

@@ -1,67 +1,137 @@
-"""How many stops to have in flight: as many as make the Hub go faster, and no more.
+"""How many stops to have in flight: as many as the Hub's own loop takes without making
+everyone else wait, and no more.
 
-A stop costs the Hub a fixed slice of its single event loop, whatever the client's
-concurrency, when the spawner itself is quick (docs/benchmarks.md, "Figures the design
-rests on"). Ten stops in flight then do not stop
-servers any faster than one; they only make everyone else's requests (users' page
-loads, the proxy, other services) wait behind a queue of ten. But with a slow spawner
-(a Kubernetes pod takes seconds to go, and some take much longer than others), the Hub
-mostly waits, and many stops in flight are what make a mass cull fast.
+JupyterHub serves every request on one event loop. A stop costs that loop a slice of
+work (docs/benchmarks.md, "Figures the design rests on") and, on Kubernetes, seconds
+of waiting on the pod, during which the loop is free for others. How long a stop
+takes therefore says little about the Hub: it mixes the loop's work with the pod's
+waiting, and only the loop's part makes other users wait. So the limit asks the Hub
+directly. While stops wait for a place, the gate times a request of its own that
+costs the Hub next to nothing (``GET /hub/api/``, the version: no token, no database)
+a few times a second. Its round trip, over the lowest one seen recently, is how long
+the Hub's loop kept it queued.
 
-So the limit climbs a hill: throughput. By Little's law, with ``n`` stops always in
-flight and a mean latency ``L``, stops complete at ``n / L`` per second. The limit
-starts at one stop, measures that rate over a window of answers, and tries more: twice
-as many at first (1, 2, 4, 8: pods are reached in a few windows, not ten), one more
-once a step has failed. It keeps a step if the rate rose by at least half of what
-perfectly parallel stops would give (``n / m`` from ``m`` to ``n``), and goes back
-otherwise. A Hub that queues
-gains nothing from a second stop, so the limit returns to one and waits longer
-before each new try. (On a machine whose cores are busy with other work, a second
-stop does gain some, as the Hub then always has work when it gets a core; asking for
-half the ideal gain keeps such gains from lifting the limit, docs/benchmarks.md says
-by how much.) A Hub that waits on its
-spawners gains at every step, up to the cap, however much the stop times of
-individual servers vary.
+Little's law turns that delay into what matters: with our requests answered at ``X``
+per second and a queueing delay of ``d`` each, ``X * d`` of them wait in the Hub's
+queue on average (TCP Vegas' estimate of packets queued in the network, with the probe
+in place of the packets' own round trips). The limit keeps that at most ``QUEUE``,
+half a request: about what a culler sending one quick stop after another makes the
+Hub hold (docs/benchmarks.md, "Figures the design rests on").
 
-A rate measured over a few answers is noisy on a loaded machine: a slow patch while
-one stop was in flight makes two look like a gain. So the hill is walked both ways:
-once settled, the limit also tries one stop fewer now and then, and stays there when
-it stops servers as fast. A limit lifted by noise comes back down, and a cap earned
-by slow pods is given up when the pods get quick. Tries that fail are spaced further
-and further apart, until the settled level's own rate moves (by half or by double):
-then the Hub has changed, and the limit tries again at once.
+- Quick spawners: the Hub is the bottleneck, one stop already keeps its loop busy,
+  and the queue a second one would add rules it out: the limit stays at one.
+- Slow pods: the loop waits, the probe goes through at once whatever the pods'
+  stop times, and the limit doubles each window up to the cap.
+- In between (stops of a fraction of a second) the limit settles where the queue
+  it causes reaches ``QUEUE``, and moves when the pods' pace moves.
 
-Latency alone (TCP Vegas: the fastest stop against the current ones) cannot tell a
-queue from spawners whose stop times vary: on Kubernetes it would keep one stop in
-flight. The rate can.
+To choose a new level the queue is taken to grow with the square of the stops in
+flight (throughput and delay each grow with them while the Hub waits on its pods);
+a Hub that queues grows it faster, and shows it at the next window. Coming down
+needs a queue over ``QUEUE``; going up needs the predicted one under ``CLIMB``, half
+of it: a limit at the edge does not go up and down at every window of noise. A rise
+that the very next window takes back was let in by noise (a window in which the probes
+happened to find the Hub free): further rises wait a few windows, longer each time,
+unless the Hub gets far freer meanwhile (the pods slowed down).
+
+:class:`AdaptiveLimit` is the pure state machine (no I/O, no clock: times are given);
+:class:`AdaptiveGate` holds the places and runs the probes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+import enum
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
-# A level is judged on a window of answers: at least one per stop in flight and
-# MIN_WINDOW in all (pods' stop times vary: 0.5 to 2.5 s), over at least MIN_WINDOW_S
-# of stopping (quick stops on a loaded machine: a 50 ms hiccup must not decide).
-MIN_WINDOW = 8
-MIN_WINDOW_S = 0.12
-GAIN = 0.5  # share of the ideal gain of a step, m to n in flight (n / m), that justifies it
-# After a try (up or down) that did not pay, wait this long (seconds of stopping) before
-# the next try that way, doubling up to the maximum. Each try up on a Hub that queues
-# puts a second stop ahead of its users' requests, so they are rare; a change of pace
-# (below) is what brings the next try at once when spawners slow down or speed up.
-FIRST_HOLD = 2.0
-MAX_HOLD = 64.0
-# A settled level whose rate moved by this factor either way ends the hold at once.
-SHIFT = 2.0
-UP, DOWN = 1, -1
+QUEUE = 0.5  # our requests waiting in the Hub's queue, on average, above which we come down
+CLIMB = QUEUE / 2  # ... that a higher level is predicted to stay under, to go up
+FREE = CLIMB / 4  # ... predicted at twice the level: the Hub is far from busy, double again
+WINDOW = 8  # probes per judgment
+BASELINE = 200  # probes over which the lowest round trip is the Hub's idle one
+PROBE_EVERY = 0.1  # seconds between probes, on average (jittered by half either way)
+# A rise that the next window takes back holds further rises off for this many windows,
+# doubling with each such rise in a row up to MAX_HOLD, unless the Hub frees up first.
+FIRST_HOLD = 8
+MAX_HOLD = 64
+
+
+class Phase(enum.Enum):
+    """How the limit moves at the end of a window."""
+
+    DOUBLING = "doubling"  # the Hub is free: up to twice the level (a cull's start, slow pods)
+    STEPPING = "stepping"  # near the level the Hub takes: one stop more at a time
+    HOLDING = "holding"  # a rise was taken back at once: none for a few windows
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one window of probes said about the Hub, at one level."""
+
+    level: int  # places taken (stops and page reads) when each probe was sent
+    delay: float  # mean seconds a probe waited in the Hub, over the baseline (largest left out)
+    baseline: float  # the lowest recent round trip: the Hub's loop free
+    answered: float  # our requests answered per second during the window
+
+    @property
+    def queue(self) -> float:
+        """Our requests waiting in the Hub's queue on average (Little's law)."""
+        return self.answered * self.delay
+
+    def predicted(self, level: int) -> float:
+        """The queue at another level, taken to grow with its square."""
+        return self.queue * (level / self.level) ** 2
+
+
+@dataclass
+class Window:
+    """Probes at one level, in one unbroken stretch of a full gate, and its answers."""
+
+    since: float  # when its first probe came back
+    rtts: list[float] = field(default_factory=list)
+    answers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The limit moved, and the reading that moved it."""
+
+    before: int
+    after: int
+    reading: Reading
 
 
 class AdaptiveLimit:
-    """A concurrency limit between ``floor`` and ``cap``, steered by throughput. Pure."""
+    """A concurrency limit between ``floor`` and ``cap``, steered by probes of the Hub.
+
+    Feed it every probe's round trip with the places taken when it was sent
+    (:meth:`probed`), every answer to a request in the gate (:meth:`answered`), and
+    the end of a stretch with the gate full (:meth:`rest`). Each full window of
+    probes is a :class:`Reading`, judged by the phase:
+
+    - DOUBLING: up to the highest level, at most twice this one, predicted under
+      CLIMB. Where none is, STEPPING.
+    - STEPPING: one more if predicted under CLIMB; back to DOUBLING if twice this
+      level is predicted under FREE (the pods got slow: the Hub is far from busy).
+    - HOLDING: no rise for ``hold_left`` windows, unless the queue falls under
+      ``hold_until`` (a quarter of what let the failed rise happen: the pace changed);
+      then STEPPING.
+    - In any phase, a queue over QUEUE brings the limit down to where the model puts
+      it back at QUEUE (one step at least), and the phase to STEPPING; or to HOLDING
+      when the window before was a rise's first (the rise was let in by noise).
+
+    Invariant: a reading judges exactly one level. Its window holds only probes sent
+    with ``limit`` places taken, in one unbroken stretch of a full gate, and the
+    answers of that stretch. It holds because a window starts (``_window`` set) only
+    on a probe sent with ``limit`` places taken, and every change of the limit, and
+    every rest, drops it (after a fall, the stops above the new limit must finish
+    before the next one starts).
+    """
 
     def __init__(self, cap: int, floor: int = 1):
         if cap < 1:
@@ -70,160 +140,196 @@ class AdaptiveLimit:
         self.floor = max(1, min(floor, cap))
         # Start low and earn more: a Hub that queues never sees a burst of `cap` stops.
         self.limit = self.floor
-        self._latencies: list[float] = []  # this window's answers, at the current limit
-        self._rate: dict[int, float] = {}  # last measured stops per second at each level
-        self._from: int | None = None  # while a level is on trial: the level it left
-        self._doubling = True  # each try up doubles the limit, until one does not pay
-        self._next = UP  # which way the next try goes
-        self._hold = 0.0  # seconds of stopping to wait before the next try
-        self._backoff = {UP: FIRST_HOLD, DOWN: FIRST_HOLD}  # the hold after a failed try
-        self._rate_when_held: float | None = None  # the settled level's rate at that time
+        self.phase = Phase.DOUBLING
+        self.hold_left = 0  # HOLDING: windows left
+        self.hold_until = 0.0  # HOLDING: a queue under this ends it
+        self._hold_next = FIRST_HOLD  # the next hold's length
+        self._trial: Reading | None = None  # the reading that let the last rise in
+        self._window: Window | None = None
+        self._recent: deque[float] = deque(maxlen=BASELINE)  # round trips, for the baseline
 
-    def rate(self, level: int) -> float | None:
-        """Stops per second last measured with ``level`` in flight."""
-        return self._rate.get(level)
+    @property
+    def baseline(self) -> float | None:
+        return min(self._recent) if self._recent else None
 
-    def observe(self, latency: float, in_flight: int) -> int:
-        """Feed one completed stop: its latency (seconds), and how many were in flight
-        when it was sent. Only answers sent at the current limit say what it yields."""
-        if latency <= 0 or in_flight != self.limit:
-            return self.limit
-        self._latencies.append(latency)
-        n = self.limit
-        if not self._window_full(n):
-            return n
-        total = sum(self._latencies)
-        spent = total / n  # how long the window took, with n stops always in flight
-        self._rate[n] = n * len(self._latencies) / total
-        self._latencies = []
-        if self._from is not None:
-            # A try: both rates are fresh, the window just before the step and this one.
-            m = self._from
-            way = UP if n > m else DOWN
-            more_pays = self._pays(max(n, m), min(n, m))
-            self._settle(way, kept=more_pays if way == UP else not more_pays, back=m)
-        else:
-            self._hold -= spent
-            held = self._rate_when_held
-            if held and not held / SHIFT < self._rate[n] < held * SHIFT:
-                # The Hub or its spawners changed pace: what the failed tries taught
-                # no longer holds (a pod-bound Hub whose stops got quick must come down
-                # now, not after minutes of queued stops; pods that got slow are
-                # climbed to by doubling again).
-                self._hold = 0
-                self._backoff = {UP: FIRST_HOLD, DOWN: FIRST_HOLD}
-                self._doubling = True
-            if self._hold <= 0:
-                self._try()
-        return self.limit
+    @property
+    def measuring(self) -> bool:
+        return self._window is not None
 
-    def _window_full(self, n: int) -> bool:
-        """Enough answers at this level to judge it: at least one per stop in flight,
-        MIN_WINDOW in all, over MIN_WINDOW_S of stopping."""
-        k = len(self._latencies)
-        return k >= max(MIN_WINDOW, n) and sum(self._latencies) / n >= MIN_WINDOW_S
+    def answered(self) -> None:
+        """A request that held a place was answered."""
+        if self._window is not None:
+            self._window.answers += 1
 
-    def _pays(self, hi: int, lo: int) -> bool:
-        """Whether ``hi`` in flight beat ``lo`` by enough to be worth its queue: by
-        GAIN of what perfectly parallel stops would give (``hi / lo``)."""
-        return self._rate[hi] >= self._rate[lo] * (1 + GAIN * (hi / lo - 1))
+    def rest(self) -> None:
+        """The gate is no longer full: the window in progress is void."""
+        self._window = None
 
-    def _settle(self, way: int, kept: bool, back: int) -> None:
-        self._from = None
-        if kept:
-            # The step paid (up: more stops per second; down: as many with fewer in
-            # flight): go on the same way at once, unless this is the end of the road
-            # (then what the step taught holds for a while).
-            self._backoff[way] = FIRST_HOLD
-            if self._can(way):
-                self._next = way
-                self._try()
-                return
-        else:
-            self.limit = back
-            self._doubling = False
-            self._backoff[way] = min(MAX_HOLD, 2 * self._backoff[way])
-        # Settled: the next try goes the other way if it can, after that way's hold,
-        # unless the pace at this level moves first.
-        self._next = -way if self._can(-way) else way
-        self._hold = self._backoff[self._next]
-        self._rate_when_held = self._rate.get(self.limit)
+    def probed(self, rtt: float, places: int, now: float) -> Change | None:
+        """A probe came back at ``now`` after ``rtt`` seconds, sent with ``places``
+        taken. Returns the change it decided, if any."""
+        self._recent.append(rtt)
+        if places != self.limit:
+            # Sent after a fall, with stops above the limit still out; or in the
+            # instant between an answer and the next grant.
+            return None
+        if self._window is None:
+            self._window = Window(since=now)
+        window = self._window
+        window.rtts.append(rtt)
+        if len(window.rtts) < WINDOW:
+            return None
+        base = min(self._recent)
+        # The largest delay is left out: one probe held up by the machine (the Hub's
+        # process waiting for a core) rather than by the Hub's queue must not decide.
+        kept = sorted(window.rtts)[:-1]
+        reading = Reading(
+            level=self.limit,
+            delay=sum(rtt - base for rtt in kept) / len(kept),
+            baseline=base,
+            answered=window.answers / (now - window.since) if now > window.since else 0.0,
+        )
+        self._window = Window(since=now)
+        after = self._judge(reading)
+        if after == self.limit:
+            return None
+        self._window = None
+        change = Change(self.limit, after, reading)
+        self.limit = after
+        return change
 
-    def _can(self, way: int) -> bool:
-        return self.floor <= self.limit + way <= self.cap
+    def _judge(self, r: Reading) -> int:
+        """The level for the next window (and the phase)."""
+        n = r.level
+        trial, self._trial = self._trial, None
+        if r.queue > QUEUE:
+            if trial is not None:
+                # The rise did not last a window: noise let it in, most likely. Hold
+                # the next ones off, longer each time in a row.
+                self.phase = Phase.HOLDING
+                self.hold_left, self.hold_until = self._hold_next, trial.queue / 4
+                self._hold_next = min(MAX_HOLD, 2 * self._hold_next)
+            elif self.phase is not Phase.HOLDING:
+                self.phase = Phase.STEPPING
+            return max(self.floor, min(n - 1, int(n * math.sqrt(QUEUE / r.queue))))
+        if trial is not None:
+            self._hold_next = FIRST_HOLD  # the rise lasted
+        if self.phase is Phase.HOLDING:
+            self.hold_left -= 1
+            if r.queue >= self.hold_until and self.hold_left > 0:
+                return n
+            self.phase = Phase.STEPPING
+        if self.phase is Phase.STEPPING and r.predicted(min(self.cap, 2 * n)) <= FREE:
+            self.phase = Phase.DOUBLING
+        top = min(self.cap, 2 * n if self.phase is Phase.DOUBLING else n + 1)
+        after = max((m for m in range(n + 1, top + 1) if r.predicted(m) <= CLIMB), default=n)
+        if after > n:
+            self._trial = r
+        elif self.phase is Phase.DOUBLING and n < self.cap:
+            self.phase = Phase.STEPPING
+        return after
 
-    def _try(self) -> None:
-        self._rate_when_held = None
-        way = self._next if self._can(self._next) else -self._next
-        if self._can(way):
-            self._from = self.limit
-            step = self.limit if way == UP and self._doubling else 1
-            self.limit = min(self.cap, self.limit + step) if way == UP else self.limit - 1
 
-
-@dataclass
-class Slot:
-    """A place in an :class:`AdaptiveGate`, held for one request."""
-
-    in_flight: int  # places taken, this one included, when it was granted
-    measured: bool  # a stop, whose latency feeds the limit (a page read is not)
-    clean: bool  # nothing unmeasured was in flight when it was granted
-    unmeasured_seen: int  # unmeasured places granted so far, at that moment
-    timings: list[float] = field(default_factory=list)  # each attempt's round trip
+# The probe: one cheap request to the Hub; its round trip in seconds, None without answer.
+Ping = Callable[[], Awaitable[float | None]]
 
 
 class AdaptiveGate:
     """An async semaphore whose size follows an :class:`AdaptiveLimit`.
 
-    Page reads take places too (a mass cull must not have a page read on top of its
-    stops) but say nothing of what a stop costs. A stop is judged only if it never
-    shared the gate with one: at two places, a stop beside a page read is one stop in
-    flight, and counting it as two would make a second stop look like a gain.
+    Stops take places, and so do page reads (a mass cull must not have a page read on
+    top of its stops). Once a request has had to wait for a place, and as long as the
+    gate stays full, the gate probes the Hub with ``ping`` (given by
+    :class:`~hubcull.hub.HubClient`, :meth:`probe_with`) about every PROBE_EVERY
+    seconds, one probe at a time, and feeds the limit. A stop now and then never waits,
+    and costs the Hub no extra request.
     """
 
     def __init__(
         self,
         limit: AdaptiveLimit,
-        on_change: Callable[[int, int, Mapping[int, float]], None] | None = None,
+        on_change: Callable[[Change], None] | None = None,
+        rng: random.Random | None = None,
     ):
         self.limit = limit
-        # Told of each change of the limit: (before, after, stops/s measured at each).
-        self.on_change = on_change
+        self.on_change = on_change  # told of each change of the limit, with its reading
         self.in_flight = 0
-        self._unmeasured = 0  # places held now by page reads
-        self._unmeasured_seen = 0  # places ever granted to them
+        self.waiting = 0
+        self._ping: Ping | None = None
+        self._rng = rng or random.Random()
         self._changed = asyncio.Condition()
+        self._prober: asyncio.Task[None] | None = None
 
-    async def acquire(self, measured: bool = True) -> Slot:
+    def probe_with(self, ping: Ping) -> None:
+        self._ping = ping
+
+    async def acquire(self) -> None:
         async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < self.limit.limit)
+            if self.in_flight >= self.limit.limit:
+                self.waiting += 1
+                self._start_probing()
+                try:
+                    await self._changed.wait_for(lambda: self.in_flight < self.limit.limit)
+                finally:
+                    self.waiting -= 1
             self.in_flight += 1
-            if not measured:
-                self._unmeasured += 1
-                self._unmeasured_seen += 1
-            return Slot(self.in_flight, measured, self._unmeasured == 0, self._unmeasured_seen)
 
-    async def release(self, slot: Slot) -> None:
+    async def release(self) -> None:
         async with self._changed:
             self.in_flight -= 1
-            if not slot.measured:
-                self._unmeasured -= 1
-            elif slot.timings and slot.clean and slot.unmeasured_seen == self._unmeasured_seen:
-                # The last attempt's round trip: a 202 took the Hub's slow_stop_timeout,
-                # the spawner, not the Hub, was slow.
-                before = self.limit.limit
-                after = self.limit.observe(slot.timings[-1], slot.in_flight)
-                if after != before and self.on_change is not None:
-                    rates = {n: self.limit.rate(n) for n in sorted({before, after})}
-                    self.on_change(before, after, {n: r for n, r in rates.items() if r is not None})
+            self.limit.answered()
             self._changed.notify_all()
 
     @asynccontextmanager
-    async def place(self, measured: bool = True) -> AsyncIterator[Slot]:
-        """Hold a place for the body of the ``async with``; a stop records its round
-        trips in ``slot.timings``."""
-        slot = await self.acquire(measured)
+    async def place(self) -> AsyncIterator[None]:
+        """Hold a place for the body of the ``async with``."""
+        await self.acquire()
         try:
-            yield slot
+            yield
         finally:
-            await self.release(slot)
+            await self.release()
+
+    def _start_probing(self) -> None:
+        if self._ping is not None and self._prober is None and self.limit.cap > self.limit.floor:
+            self._prober = asyncio.ensure_future(self._probe())
+
+    @property
+    def full(self) -> bool:
+        """Stops wait for a place, or would: every place is taken."""
+        return self.waiting > 0 or self.in_flight >= self.limit.limit
+
+    async def _probe(self) -> None:
+        assert self._ping is not None
+        loop = asyncio.get_running_loop()
+        idle = 0
+        try:
+            # Until the gate has not been full twice in a row: the instant between an
+            # answer and the next stop's grant does not end the probing.
+            while idle < 2:
+                await asyncio.sleep(PROBE_EVERY * self._rng.uniform(0.5, 1.5))
+                if not self.full:
+                    idle += 1
+                    self.limit.rest()  # a window is one unbroken stretch of a full gate
+                    continue
+                idle = 0
+                places = self.in_flight
+                rtt = await self._ping()
+                if rtt is None:
+                    continue
+                change = self.limit.probed(rtt, places, loop.time())
+                if change is not None:
+                    async with self._changed:
+                        self._changed.notify_all()  # a higher limit lets waiters in
+                    if self.on_change is not None:
+                        self.on_change(change)
+        finally:
+            self.limit.rest()
+            self._prober = None
+
+    async def close(self) -> None:
+        """Stop probing (the client is closing)."""
+        prober = self._prober
+        if prober is not None:
+            prober.cancel()
+            with suppress(asyncio.CancelledError):
+                await prober

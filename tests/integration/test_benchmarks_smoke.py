@@ -72,6 +72,8 @@ def test_mass_cull(tmp_path: Path) -> None:
     data = run_smoke("mass_cull", tmp_path)
     summary = data["summary"]
     assert {"idle", "idle-culler", "hubcull", "floor-1", "floor-50"} <= set(summary)
+    assert len(data["targets"]) == 5 and all("met" in t for t in data["targets"])
+    assert Path(data["plot"]).exists() or (ROOT / data["plot"]).exists()
     for phase in data["phases"]:
         assert {"p50", "p99"} <= set(phase["latency_ms"])
         if phase["phase"] != "idle":
@@ -88,8 +90,15 @@ def test_probing(tmp_path: Path) -> None:
 
 def test_slow_spawners(tmp_path: Path) -> None:
     data = run_smoke("slow_spawners", tmp_path, timeout=180)
-    assert {"idle-culler", "hubcull", "floor-10"} <= set(data["summary"])
-    assert data["ideal_s"] > 0
-    for phase in data["phases"]:
-        assert phase["stopped"] == phase["servers"]
-        assert {"mean", "max", "share"} <= set(phase["stops_in_flight"])
+    assert Path(data["plot"]).exists() or (ROOT / data["plot"]).exists()
+    assert {"draws", "past_timeout", "incumbent"} <= set(data["summary"])
+    (draw,) = data["draws"]
+    assert {"idle-culler", "hubcull", "floor-10", "ratio"} <= set(draw)
+    (slow,) = data["past_timeout"]
+    for result in (*(draw[w] for w in TOOLS), slow["hubcull"], slow["floor-10"]):
+        assert result["stopped"] == result["servers"] == result["gone"]
+        assert {"mean", "max", "share"} <= set(result["stops_in_flight"])
+        assert result["timeline"]
+    assert slow["hubcull"]["answered_202"] > 0, "the 202 path was taken"
+    assert slow["hubcull"]["problems"] == 0
+    assert [r["direction"] for r in data["paces"]] == ["up", "down"]

@@ -333,5 +333,14 @@ class LogLines:
             self.log.debug("%s %s: %s; retrying in %.1fs", e.method, e.target, why, e.retry_in)
 
     def stop_limit(self, e: StopLimitChanged) -> None:
-        rates = ", ".join(f"{n}: {r:.1f}" for n, r in sorted(e.rates.items())) or "none"
-        self.log.debug("Stops in flight: %d -> %d (stops/s measured: %s)", e.before, e.after, rates)
+        r = e.reading
+        self.log.debug(
+            "Stops in flight: %d -> %d (Hub queue %.2f of our requests: probe %.1f ms over "
+            "its %.1f ms baseline, %.1f answers/s)",
+            e.before,
+            e.after,
+            r.queue,
+            r.delay * 1000,
+            r.baseline * 1000,
+            r.answered,
+        )

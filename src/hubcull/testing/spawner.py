@@ -12,6 +12,9 @@ cannot do through the API, the spawner does from ``user_options``:
 - ``spawn_delay``: seconds ``start()`` takes, to hold a server in ``pending: spawn``;
 - ``stop_delay``: seconds ``stop()`` takes (202 answers when above the Hub's
   ``slow_stop_timeout``);
+- ``pace``: ``{"tag": ..., "after": N, "stop_delay": d}``: once the Hub has begun N
+  stops of servers with that tag, the next ones take ``d`` instead (spawners that
+  change pace mid-cull, whichever servers are stopped first);
 - ``stop_hangs``: ``stop()`` never returns, like a spawner that lost its backend;
 - ``ignore_stops``: the first N stops are lost: with :class:`SimProxy` as the Hub's
   proxy class, removing the route fails, which JupyterHub swallows; it answers 204
@@ -37,6 +40,8 @@ from tornado.httpserver import HTTPServer
 from traitlets import Integer, Unicode
 
 _stub_servers: dict[int, HTTPServer] = {}
+# pace tag -> stops begun (the ``pace`` option)
+_stops_begun: dict[str, int] = {}
 # url prefix -> simulated Jupyter server status (set from user_options["status"])
 _stub_status: dict[str, dict[str, Any]] = {}
 
@@ -158,7 +163,15 @@ class SimSpawner(Spawner):
         if self._sim_hang:
             # A spawner whose backend no longer answers: the Hub waits forever.
             await asyncio.Event().wait()
-        delay = float(self._options().get("stop_delay") or 0)
+        opts = self._options()
+        delay = float(opts.get("stop_delay") or 0)
+        pace = opts.get("pace")
+        if isinstance(pace, dict):
+            tag = str(pace.get("tag"))
+            begun = _stops_begun.get(tag, 0)
+            _stops_begun[tag] = begun + 1
+            if begun >= int(pace.get("after") or 0):
+                delay = float(pace.get("stop_delay") or 0)
         if delay:
             await asyncio.sleep(delay)
         _stub_status.pop(self._prefix().rstrip("/"), None)
