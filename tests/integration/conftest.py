@@ -54,17 +54,40 @@ def assert_no_secret(hub: LocalHub, text: str) -> None:
         assert secret not in text, "a token appeared in hubcull's output"
 
 
+# Under pytest-xdist (make test runs two workers), each worker scans what it saw and hands
+# its counts to the controller, which reports the whole run.
+_WORKER_SCANS: list[dict[str, int]] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    scan = getattr(node, "workeroutput", {}).get("token_scan")
+    if scan:
+        _WORKER_SCANS.append(scan)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The whole-run log scan: no token of any test Hub in anything hubcull printed."""
     leaked = {s for s in SESSION_SECRETS for text in SESSION_OUTPUT if s in text}
-    lines = sum(text.count("\n") for text in SESSION_OUTPUT)
+    scan = {
+        "lines": sum(text.count("\n") for text in SESSION_OUTPUT),
+        "tokens": len(SESSION_SECRETS),
+        "leaked": len(leaked),
+    }
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports
+        workeroutput["token_scan"] = scan
+        return
+    for other in _WORKER_SCANS:
+        for key in scan:
+            scan[key] += other[key]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and SESSION_OUTPUT:
+    if reporter is not None and scan["lines"]:
         reporter.write_line(
-            f"token scan: {lines} lines of hubcull output (DEBUG) checked against "
-            f"{len(SESSION_SECRETS)} tokens: {'LEAKED' if leaked else 'none found'}"
+            f"token scan: {scan['lines']} lines of hubcull output (DEBUG) checked against "
+            f"{scan['tokens']} tokens: {'LEAKED' if scan['leaked'] else 'none found'}"
         )
-    if leaked:
+    if scan["leaked"]:
         session.exitstatus = 1
 
 

@@ -35,6 +35,9 @@ from ..model import format_timestamp
 from .tether import die_with_parent
 
 PAGINATION = "application/jupyterhub-pagination+json"
+# How the Hub and real single-user servers are started: ``python -m MODULE``, minus an
+# import they never use that costs seconds each time (see launch.py).
+LAUNCH = ("-m", "hubcull.testing.launch")
 
 # Everything a culler may need, for the default "hubcull" service of a test Hub.
 CULLER_SCOPES = [
@@ -248,7 +251,7 @@ class LocalHub:
             spawner_config = (
                 'c.JupyterHub.spawner_class = "simple"\n'
                 f"c.Spawner.args = {args!r}\n"
-                f"c.Spawner.cmd = [{sys.executable!r}, '-m', 'jupyterhub.singleuser']\n"
+                f"c.Spawner.cmd = {[sys.executable, *LAUNCH, 'jupyterhub.singleuser']!r}\n"
                 "c.Spawner.start_timeout = 60\n"
                 "c.Spawner.http_timeout = 60\n"
                 f"c.Spawner.notebook_dir = {str(self.workdir / 'notebooks')!r}\n"
@@ -298,7 +301,7 @@ c.JupyterHub.load_roles = {roles!r}
         env.pop("JUPYTERHUB_API_TOKEN", None)
         log = open(self.log_path, "ab")  # noqa: ASYNC230 - handed to the process
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-            [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
+            [sys.executable, *LAUNCH, "jupyterhub", "-f", str(config_path)],
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
