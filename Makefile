@@ -9,7 +9,7 @@ demo:
 test:
 	scripts/bootstrap test
 	.venv/bin/ruff check src tests benchmarks testkit
-	.venv/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15
+	.venv/bin/python -m pytest -q -n 2 --dist loadscope --durations=15
 
 lint:
 	.venv/bin/ruff check src tests benchmarks testkit
