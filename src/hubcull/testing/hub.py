@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -544,3 +544,11 @@ c.JupyterHub.load_roles = {roles!r}
                 await self.api("DELETE", f"/users/{quote(name, safe='')}")
 
         await asyncio.gather(*(delete(n) for n in names))
+        # The token owner is active now: a test running --cull-users on a Hub that has
+        # been up longer than its timeout must not delete the user every token belongs to.
+        stamp = datetime.now(timezone.utc).isoformat()
+        status, data = await self.api(
+            "POST", f"/users/{TOKEN_OWNER}/activity", body={"last_activity": stamp}
+        )
+        if status != 200:
+            raise RuntimeError(f"marking {TOKEN_OWNER} active failed: {status} {data}")
