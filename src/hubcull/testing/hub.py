@@ -546,7 +546,7 @@ c.JupyterHub.load_roles = {roles!r}
         await asyncio.gather(*(delete(n) for n in names))
         # The token owner is active now: a test running --cull-users on a Hub that has
         # been up longer than its timeout must not delete the user every token belongs to.
-        stamp = datetime.now(timezone.utc).isoformat()
+        stamp = format_timestamp(datetime.now(timezone.utc))
         status, data = await self.api(
             "POST", f"/users/{TOKEN_OWNER}/activity", body={"last_activity": stamp}
         )
