@@ -56,10 +56,60 @@ class HubStartError(RuntimeError):
     pass
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives to bind(0) and to outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _port_pool() -> range:
+    """Where this process picks ports: outside the ephemeral range, in a slice of its own.
+
+    A port from bind(0) is only free until someone else takes it, and under parallel
+    tests someone does: an outgoing connection (which gets an ephemeral local port), or
+    another pytest-xdist worker asking the same question. A Hub service then fails with
+    "address already in use". Ports below (or above) the ephemeral range are never
+    handed out by the kernel, and each xdist worker gets its own share of them.
+    """
+    low, high = _ephemeral_range()
+    start, stop = (10000, low) if low - 10000 >= 2000 else (high + 1, 65536)
+    if stop - start < 2000:  # an unusual range: fall back to the whole unprivileged span
+        start, stop = 10000, 65536
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    share = (stop - start) // max(count, 1)
+    first = start + (index % max(count, 1)) * share
+    return range(first, first + share)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port that nothing listens on, for a server that is about to start.
+
+    Picked at random from this process's pool (see :func:`_port_pool`), never twice in
+    one process, and checked by binding it.
+    """
+    pool = _port_pool()
+    for _ in range(200):
+        port = secrets.choice(pool)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # the pool is exhausted
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def find_chp() -> str:
