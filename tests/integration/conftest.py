@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from hubcull.testing import LocalHub, Service
+from testkit import tokenscan
 
 
 @dataclass
@@ -54,20 +55,12 @@ def assert_no_secret(hub: LocalHub, text: str) -> None:
         assert secret not in text, "a token appeared in hubcull's output"
 
 
-# Under pytest-xdist (make test runs two workers), each worker scans what it saw and hands
-# its counts to the controller, which reports the whole run.
-_WORKER_SCANS: list[dict[str, int]] = []
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: object, error: object) -> None:
-    scan = getattr(node, "workeroutput", {}).get("token_scan")
-    if scan:
-        _WORKER_SCANS.append(scan)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The whole-run log scan: no token of any test Hub in anything hubcull printed."""
+    """The whole-run log scan: no token of any test Hub in anything hubcull printed.
+
+    Reported (and the run failed on a leak) by tests/conftest.py, also under xdist,
+    where each worker hands its scan to the controller (testkit/tokenscan.py).
+    """
     leaked = {s for s in SESSION_SECRETS for text in SESSION_OUTPUT if s in text}
     scan = {
         "lines": sum(text.count("\n") for text in SESSION_OUTPUT),
@@ -77,18 +70,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller reports
         workeroutput["token_scan"] = scan
-        return
-    for other in _WORKER_SCANS:
-        for key in scan:
-            scan[key] += other[key]
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and scan["lines"]:
-        reporter.write_line(
-            f"token scan: {scan['lines']} lines of hubcull output (DEBUG) checked against "
-            f"{scan['tokens']} tokens: {'LEAKED' if scan['leaked'] else 'none found'}"
-        )
-    if scan["leaked"]:
-        session.exitstatus = 1
+    else:
+        tokenscan.add(session.config, scan)
 
 
 def _command(
