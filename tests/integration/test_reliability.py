@@ -238,12 +238,14 @@ async def test_request_timeout_bounds_each_attempt(
     ]
     assert len(retries) == 3, [ln.msg for ln in retries]
     assert any("timed out after 1s" in ln.msg for ln in facts.outage_warnings)
-    # Each attempt lasted about 1 s: the gap between two arrivals is the timeout + the backoff.
+    # Each attempt lasted about 1 s, not the 60 s default: the gap between two arrivals is
+    # the timeout + the backoff. Loose bounds: on a loaded machine the fault proxy (in this
+    # process) notes an arrival late, and the log's stamp is read back from the wall clock.
     delays = [float(re.search(r"retrying in ([\d.]+)s$", ln.msg)[1]) for ln in retries]
     waits = [b - a - d for a, b, d in zip(arrivals[:-1], arrivals[1:], delays, strict=True)]
-    assert all(0.85 <= w <= 1.6 for w in waits), waits
+    assert all(0.5 <= w <= 5 for w in waits), waits
     last_attempt = rel.to_monotonic(stopped.wall) - arrivals[-1]
-    assert 0.85 <= last_attempt <= 1.6, last_attempt
+    assert 0.5 <= last_attempt <= 5, last_attempt
     # The blackhole is over: the next pass culls.
     assert culled_at is not None, proc.tail()
     assert facts.passes_until({"slowpoke/"}) == 2, log
